@@ -1,0 +1,405 @@
+//! The kernel/userspace boundary of tcpstate, defined once.
+//!
+//! Everything here is `no_std` and free of aya-ebpf, so the eBPF program and
+//! the userspace tool compile the same definitions: the `#[repr(C)]` types
+//! that cross the boundary, the TCP state numbers and names, and the rules
+//! that decide who owns a socket and which side closed it.
+#![no_std]
+
+// ---------------------------------------------------------------------------
+// TCP states (include/net/tcp_states.h)
+// ---------------------------------------------------------------------------
+
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_SYN_SENT: u8 = 2;
+pub const TCP_SYN_RECV: u8 = 3;
+pub const TCP_FIN_WAIT1: u8 = 4;
+pub const TCP_FIN_WAIT2: u8 = 5;
+pub const TCP_TIME_WAIT: u8 = 6;
+pub const TCP_CLOSE: u8 = 7;
+pub const TCP_CLOSE_WAIT: u8 = 8;
+pub const TCP_LAST_ACK: u8 = 9;
+pub const TCP_LISTEN: u8 = 10;
+pub const TCP_CLOSING: u8 = 11;
+pub const TCP_NEW_SYN_RECV: u8 = 12;
+/// One past the highest state number; sizes per-state tables.
+pub const TCP_STATE_COUNT: usize = 13;
+
+/// Kernel names without the `TCP_` prefix, indexed by state number.
+const STATE_NAMES: [&str; TCP_STATE_COUNT] = [
+    "UNKNOWN",
+    "ESTABLISHED",
+    "SYN_SENT",
+    "SYN_RECV",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "TIME_WAIT",
+    "CLOSE",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "LISTEN",
+    "CLOSING",
+    "NEW_SYN_RECV",
+];
+
+/// The kernel's name for a state, or `None` for a number it does not define.
+pub fn state_name(state: u8) -> Option<&'static str> {
+    match state {
+        1..=12 => Some(STATE_NAMES[state as usize]),
+        _ => None,
+    }
+}
+
+/// The state number for a kernel name (with or without `TCP_`, any case).
+pub fn state_from_name(name: &str) -> Option<u8> {
+    let bare = match name.get(..4) {
+        Some(p) if p.eq_ignore_ascii_case("TCP_") => &name[4..],
+        _ => name,
+    };
+    (1..TCP_STATE_COUNT as u8).find(|&s| STATE_NAMES[s as usize].eq_ignore_ascii_case(bare))
+}
+
+// ---------------------------------------------------------------------------
+// Close side (kernel-notes §3)
+// ---------------------------------------------------------------------------
+
+pub const CLOSE_UNKNOWN: u8 = 0;
+/// This side sent the first FIN and will hold the TIME_WAIT.
+pub const CLOSE_ACTIVE: u8 = 1;
+/// The peer sent the first FIN.
+pub const CLOSE_PASSIVE: u8 = 2;
+/// Both sides sent FIN before seeing the other's (FIN_WAIT1→CLOSING).
+pub const CLOSE_SIMULTANEOUS: u8 = 3;
+/// Ended by a reset or abort, without a FIN exchange.
+pub const CLOSE_RESET: u8 = 4;
+
+pub fn close_side_name(side: u8) -> Option<&'static str> {
+    match side {
+        CLOSE_ACTIVE => Some("active"),
+        CLOSE_PASSIVE => Some("passive"),
+        CLOSE_SIMULTANEOUS => Some("simultaneous"),
+        CLOSE_RESET => Some("reset"),
+        _ => None,
+    }
+}
+
+/// The close side after the transition `old → new`, given the side known before.
+///
+/// A socket first seen mid-close still gets a side, inferred from the FIN
+/// state it is leaving.
+#[inline(always)]
+pub fn close_side_after(known: u8, old: u8, new: u8) -> u8 {
+    match (old, new) {
+        (TCP_ESTABLISHED | TCP_SYN_RECV, TCP_FIN_WAIT1) => CLOSE_ACTIVE,
+        (TCP_ESTABLISHED | TCP_SYN_RECV, TCP_CLOSE_WAIT) => CLOSE_PASSIVE,
+        (TCP_FIN_WAIT1, TCP_CLOSING) => CLOSE_SIMULTANEOUS,
+        // Straight to CLOSE without our FIN: a reset or an abort.
+        (TCP_ESTABLISHED | TCP_SYN_RECV | TCP_CLOSE_WAIT, TCP_CLOSE) => CLOSE_RESET,
+        _ if known != CLOSE_UNKNOWN => known,
+        (TCP_FIN_WAIT1 | TCP_FIN_WAIT2, _) => CLOSE_ACTIVE,
+        (TCP_LAST_ACK, _) | (TCP_CLOSE_WAIT, TCP_LAST_ACK) => CLOSE_PASSIVE,
+        (TCP_CLOSING, _) => CLOSE_SIMULTANEOUS,
+        _ => CLOSE_UNKNOWN,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Socket lifecycle rules (kernel-notes §2)
+// ---------------------------------------------------------------------------
+
+/// Whether the transition runs in the owning process's context, so that the
+/// current task is the socket's owner. Everything else may run in softirq,
+/// where `current` is whoever happened to be on the CPU.
+#[inline(always)]
+pub fn owner_is_current(old: u8, new: u8) -> bool {
+    matches!(
+        (old, new),
+        (TCP_CLOSE, TCP_SYN_SENT)
+            | (TCP_CLOSE, TCP_LISTEN)
+            | (TCP_LISTEN, TCP_CLOSE)
+            | (TCP_ESTABLISHED | TCP_SYN_RECV, TCP_FIN_WAIT1)
+            | (TCP_CLOSE_WAIT, TCP_LAST_ACK)
+    )
+}
+
+/// Whether the transition begins a new socket's life. Socket addresses are
+/// reused as soon as a socket is freed, so any record under the same address
+/// belongs to a dead socket.
+#[inline(always)]
+pub fn starts_new_socket(old: u8, new: u8) -> bool {
+    matches!(
+        (old, new),
+        (TCP_CLOSE, TCP_SYN_SENT) | (TCP_CLOSE, TCP_LISTEN) | (TCP_LISTEN, TCP_SYN_RECV)
+    )
+}
+
+/// Whether a child socket was just cloned from a listener; it then inherits
+/// the listener's owner until a process-context transition names its own.
+#[inline(always)]
+pub fn is_accepted_child(old: u8, new: u8) -> bool {
+    old == TCP_LISTEN && new == TCP_SYN_RECV
+}
+
+// ---------------------------------------------------------------------------
+// Types shared with the eBPF program
+// ---------------------------------------------------------------------------
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+
+/// `in_old_state_ns` when the time entering the old state is not known.
+pub const DURATION_UNKNOWN: u64 = u64::MAX;
+
+/// `Event::flags` / `SockRecord::flags`: the owner fields are valid.
+pub const FLAG_OWNER_KNOWN: u8 = 1;
+/// The owner was inherited from the listening socket, not seen in process context.
+pub const FLAG_OWNER_FROM_LISTENER: u8 = 2;
+/// The socket has been followed since its first transition.
+pub const FLAG_FROM_START: u8 = 4;
+
+/// One state transition, as sent through the ring buffer. 96 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    /// Time spent in `oldstate`, or `DURATION_UNKNOWN`.
+    pub in_old_state_ns: u64,
+    /// When the socket was first seen; its start if `FLAG_FROM_START`.
+    pub first_seen_ns: u64,
+    /// Always 16 bytes; IPv4 sockets' addresses are v4-mapped.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub comm: [u8; 16],
+    pub pid: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub oldstate: u8,
+    pub newstate: u8,
+    pub close: u8,
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Per-socket record in the kernel's socket table, keyed by `skaddr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRecord {
+    pub first_seen_ns: u64,
+    pub last_change_ns: u64,
+    pub comm: [u8; 16],
+    pub pid: u32,
+    pub close: u8,
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+/// A process that owns a socket: the listener table's value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub comm: [u8; 16],
+    pub pid: u32,
+    pub _pad: u32,
+}
+
+/// `Config::filters` bits: which filter maps are in force.
+pub const FILTER_LPORT: u8 = 1;
+pub const FILTER_RPORT: u8 = 2;
+pub const FILTER_PORT: u8 = 4;
+pub const FILTER_PID: u8 = 8;
+pub const FILTER_COMM: u8 = 16;
+
+/// Values in the `PORTS` filter map: which roles the port is selected for.
+pub const PORT_AS_LOCAL: u8 = 1;
+pub const PORT_AS_REMOTE: u8 = 2;
+pub const PORT_AS_EITHER: u8 = 4;
+
+/// `Config::family`: which address families to report.
+pub const FAMILY_ANY: u8 = 0;
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+/// Byte offsets of the tracepoint record's fields. They are read from the
+/// tracepoint's `format` file at start, because the layout moved in 5.6 and
+/// Rust eBPF has no CO-RE relocations.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordOffsets {
+    pub skaddr: u16,
+    pub oldstate: u16,
+    pub newstate: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub protocol: u16,
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+    /// 1 before Linux 5.6, 2 after.
+    pub protocol_size: u16,
+}
+
+/// Load-time configuration, the program's `CONFIG` global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Wake the reader once this many bytes are waiting; below it, events
+    /// are submitted without a wakeup and the reader drains on a timer.
+    /// 0 leaves wakeups to the kernel's default policy.
+    pub wakeup_bytes: u64,
+    pub offsets: RecordOffsets,
+    pub family: u8,
+    pub filters: u8,
+    pub _pad: [u8; 2],
+}
+
+impl Config {
+    /// All zeroes, for the program's compile-time default; userspace always
+    /// overrides it at load.
+    pub const fn zeroed() -> Self {
+        Self {
+            wakeup_bytes: 0,
+            offsets: RecordOffsets {
+                skaddr: 0,
+                oldstate: 0,
+                newstate: 0,
+                sport: 0,
+                dport: 0,
+                family: 0,
+                protocol: 0,
+                saddr_v6: 0,
+                daddr_v6: 0,
+                protocol_size: 0,
+            },
+            family: FAMILY_ANY,
+            filters: 0,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Map and program names, shared so that neither side spells them twice.
+pub const MAP_EVENTS: &str = "EVENTS";
+pub const MAP_SOCKETS: &str = "SOCKETS";
+pub const MAP_LISTENERS: &str = "LISTENERS";
+pub const MAP_TRANSITIONS: &str = "TRANSITIONS";
+pub const MAP_COUNTERS: &str = "COUNTERS";
+pub const MAP_PORTS: &str = "PORTS";
+pub const MAP_PIDS: &str = "PIDS";
+pub const MAP_COMMS: &str = "COMMS";
+pub const GLOBAL_CONFIG: &str = "CONFIG";
+pub const PROGRAM_NAME: &str = "inet_sock_set_state";
+
+/// `TRANSITIONS` is indexed by `old * TRANSITION_STRIDE + new`.
+pub const TRANSITION_STRIDE: u32 = 16;
+pub const TRANSITION_SLOTS: u32 = TRANSITION_STRIDE * TRANSITION_STRIDE;
+
+#[inline(always)]
+pub fn transition_index(old: u8, new: u8) -> u32 {
+    ((old as u32) & (TRANSITION_STRIDE - 1)) * TRANSITION_STRIDE + ((new as u32) & (TRANSITION_STRIDE - 1))
+}
+
+/// Indices into the per-CPU `COUNTERS` array.
+pub const COUNTER_RINGBUF_FULL: u32 = 0;
+pub const COUNTER_SOCKET_INSERT_FAILED: u32 = 1;
+pub const COUNTER_READ_FAILED: u32 = 2;
+pub const COUNTER_SLOTS: u32 = 4;
+
+#[cfg(all(feature = "user", not(target_arch = "bpf")))]
+mod user {
+    // SAFETY: all of these are repr(C), Copy, made only of integers, with
+    // explicit padding, so every bit pattern is valid and none is uninit.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::SockRecord {}
+    unsafe impl aya::Pod for super::Owner {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_names_round_trip() {
+        for s in 1..TCP_STATE_COUNT as u8 {
+            let name = state_name(s).unwrap();
+            assert_eq!(state_from_name(name), Some(s));
+        }
+        assert_eq!(state_name(TCP_FIN_WAIT1), Some("FIN_WAIT1"));
+        assert_eq!(state_from_name("tcp_time_wait"), Some(TCP_TIME_WAIT));
+        assert_eq!(state_name(0), None);
+        assert_eq!(state_name(13), None);
+        assert_eq!(state_from_name("BOGUS"), None);
+    }
+
+    /// Walk a sequence of transitions and return the final close side.
+    fn walk(states: &[u8]) -> u8 {
+        states
+            .windows(2)
+            .fold(CLOSE_UNKNOWN, |side, w| close_side_after(side, w[0], w[1]))
+    }
+
+    #[test]
+    fn close_sides_from_full_sequences() {
+        use super::{
+            TCP_CLOSE as C, TCP_CLOSE_WAIT as CW, TCP_CLOSING as CG, TCP_ESTABLISHED as E,
+            TCP_FIN_WAIT1 as F1, TCP_FIN_WAIT2 as F2, TCP_LAST_ACK as LA, TCP_LISTEN as L,
+            TCP_SYN_RECV as SR, TCP_SYN_SENT as SS,
+        };
+        assert_eq!(walk(&[C, SS, E, F1, F2, C]), CLOSE_ACTIVE);
+        assert_eq!(walk(&[L, SR, E, CW, LA, C]), CLOSE_PASSIVE);
+        assert_eq!(walk(&[C, SS, E, F1, CG, C]), CLOSE_SIMULTANEOUS);
+        assert_eq!(walk(&[C, SS, E, C]), CLOSE_RESET);
+        assert_eq!(walk(&[L, SR, E, C]), CLOSE_RESET);
+        // Abort after the peer's FIN: a reset, not a passive close.
+        assert_eq!(walk(&[L, SR, E, CW, C]), CLOSE_RESET);
+        // An RST while waiting for the peer's FIN does not undo the active close.
+        assert_eq!(walk(&[C, SS, E, F1, C]), CLOSE_ACTIVE);
+        // A failed connect is not a close.
+        assert_eq!(walk(&[C, SS, C]), CLOSE_UNKNOWN);
+        assert_eq!(walk(&[C, L, C]), CLOSE_UNKNOWN);
+    }
+
+    #[test]
+    fn close_side_inferred_mid_life() {
+        assert_eq!(close_side_after(CLOSE_UNKNOWN, TCP_FIN_WAIT2, TCP_CLOSE), CLOSE_ACTIVE);
+        assert_eq!(close_side_after(CLOSE_UNKNOWN, TCP_LAST_ACK, TCP_CLOSE), CLOSE_PASSIVE);
+        assert_eq!(close_side_after(CLOSE_UNKNOWN, TCP_CLOSE_WAIT, TCP_LAST_ACK), CLOSE_PASSIVE);
+        assert_eq!(close_side_after(CLOSE_UNKNOWN, TCP_CLOSING, TCP_CLOSE), CLOSE_SIMULTANEOUS);
+        assert_eq!(close_side_after(CLOSE_UNKNOWN, TCP_SYN_SENT, TCP_ESTABLISHED), CLOSE_UNKNOWN);
+    }
+
+    #[test]
+    fn owner_only_in_process_context() {
+        assert!(owner_is_current(TCP_CLOSE, TCP_SYN_SENT));
+        assert!(owner_is_current(TCP_ESTABLISHED, TCP_FIN_WAIT1));
+        assert!(owner_is_current(TCP_CLOSE_WAIT, TCP_LAST_ACK));
+        assert!(!owner_is_current(TCP_SYN_SENT, TCP_ESTABLISHED));
+        assert!(!owner_is_current(TCP_ESTABLISHED, TCP_CLOSE_WAIT));
+        assert!(!owner_is_current(TCP_FIN_WAIT1, TCP_FIN_WAIT2));
+        assert!(!owner_is_current(TCP_LISTEN, TCP_SYN_RECV));
+        assert!(!owner_is_current(TCP_ESTABLISHED, TCP_CLOSE));
+    }
+
+    #[test]
+    fn new_sockets() {
+        assert!(starts_new_socket(TCP_CLOSE, TCP_SYN_SENT));
+        assert!(starts_new_socket(TCP_LISTEN, TCP_SYN_RECV));
+        assert!(!starts_new_socket(TCP_SYN_SENT, TCP_ESTABLISHED));
+        assert!(is_accepted_child(TCP_LISTEN, TCP_SYN_RECV));
+        assert!(!is_accepted_child(TCP_LISTEN, TCP_CLOSE));
+    }
+
+    #[test]
+    fn abi_sizes_are_fixed() {
+        assert_eq!(core::mem::size_of::<Event>(), 96);
+        assert_eq!(core::mem::size_of::<SockRecord>(), 40);
+        assert_eq!(core::mem::size_of::<Owner>(), 24);
+        assert_eq!(core::mem::size_of::<RecordOffsets>(), 20);
+        assert_eq!(core::mem::size_of::<Config>(), 32);
+        assert!(transition_index(15, 15) < TRANSITION_SLOTS);
+        assert_eq!(transition_index(TCP_ESTABLISHED, TCP_FIN_WAIT1), 16 + 4);
+    }
+}

@@ -1,0 +1,207 @@
+//! Command-line interface. Usage errors exit with status 2.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    model::transition::Family,
+    source::tracer::{Filters, TracerOptions},
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tcpstate",
+    version,
+    about = "Trace TCP state transitions with eBPF: who closes, who holds TIME_WAIT, and for how long",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// More diagnostics on stderr (-v info, -vv debug, including eBPF-side logs)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print one line (or JSON object) per TCP state transition
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// JSON Lines output, one object per transition
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Filters, applied in the kernel. Lists are comma-separated or repeated.
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// IPv4 only (v4-mapped addresses on IPv6 sockets count as IPv4)
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// IPv6 only
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+    /// Local ports
+    #[arg(long, value_name = "PORTS", value_delimiter = ',', value_parser = parse_port)]
+    pub lport: Vec<u16>,
+    /// Remote ports
+    #[arg(long, value_name = "PORTS", value_delimiter = ',', value_parser = parse_port)]
+    pub rport: Vec<u16>,
+    /// Ports at either end
+    #[arg(long, value_name = "PORTS", value_delimiter = ',', value_parser = parse_port)]
+    pub port: Vec<u16>,
+    /// Owner pids (the process the socket is attributed to)
+    #[arg(long, value_name = "PIDS", value_delimiter = ',', value_parser = parse_pid)]
+    pub pid: Vec<u32>,
+    /// Owner process names (as in /proc/PID/comm, at most 15 bytes)
+    #[arg(long, value_name = "NAMES", value_delimiter = ',', value_parser = parse_comm)]
+    pub comm: Vec<String>,
+}
+
+impl FilterArgs {
+    pub fn to_filters(&self) -> Filters {
+        Filters {
+            family: match (self.ipv4, self.ipv6) {
+                (true, _) => Some(Family::Ipv4),
+                (_, true) => Some(Family::Ipv6),
+                _ => None,
+            },
+            lports: self.lport.clone(),
+            rports: self.rport.clone(),
+            ports: self.port.clone(),
+            pids: self.pid.clone(),
+            comms: self.comm.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SessionArgs {
+    /// Stop after this long (e.g. 30, 30s, 5m)
+    #[arg(short, long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Ring buffer size: a power of two of at least 4K (e.g. 256K, 8M)
+    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_ring_size)]
+    pub ring_size: u32,
+    /// Sockets the kernel-side table follows at once
+    #[arg(long, value_name = "N", default_value_t = TracerOptions::DEFAULT_MAX_SOCKETS,
+          value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
+    pub max_sockets: u32,
+}
+
+impl SessionArgs {
+    pub fn tracer_options(&self, filters: Filters) -> TracerOptions {
+        TracerOptions { filters, ring_bytes: self.ring_size, max_sockets: self.max_sockets }
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.trim().parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("'{s}' is not a port (1-65535)")),
+    }
+}
+
+fn parse_pid(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("'{s}' is not a pid")),
+    }
+}
+
+fn parse_comm(s: &str) -> Result<String, String> {
+    match s.len() {
+        0 => Err("empty process name".into()),
+        1..=15 => Ok(s.to_string()),
+        _ => Err(format!("'{s}' is longer than the kernel's 15-byte process names")),
+    }
+}
+
+/// Plain seconds, or a humantime duration such as `500ms` or `2m`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+        Ok(_) => return Err(format!("'{s}' is not a duration")),
+        Err(_) => humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration: {e}"))?,
+    };
+    if d.is_zero() {
+        return Err("the duration must be more than zero".into());
+    }
+    Ok(d)
+}
+
+/// Bytes with an optional K/M/G suffix (binary units).
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let (digits, shift) = match t.as_bytes().last().map(u8::to_ascii_uppercase) {
+        Some(b'K') => (&t[..t.len() - 1], 10),
+        Some(b'M') => (&t[..t.len() - 1], 20),
+        Some(b'G') => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("'{s}' is not a size"))?;
+    let bytes = n.checked_shl(shift).filter(|&b| b <= 1 << 30).ok_or(format!("'{s}' is larger than 1G"))?;
+    if bytes < 4096 || !bytes.is_power_of_two() {
+        return Err(format!("'{s}' must be a power of two of at least 4K"));
+    }
+    Ok(bytes as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tcpstate").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn trace_filters() {
+        let cli = parse(&["trace", "-4", "--port", "80,443", "--lport", "8080", "--port", "22", "--comm", "nginx"]).unwrap();
+        let Command::Trace(t) = cli.command;
+        let f = t.filters.to_filters();
+        assert_eq!(f.family, Some(Family::Ipv4));
+        assert_eq!(f.ports, [80, 443, 22]);
+        assert_eq!(f.lports, [8080]);
+        assert_eq!(f.comms, ["nginx"]);
+        assert_eq!(t.session.ring_size, 8 << 20);
+    }
+
+    #[test]
+    fn usage_errors() {
+        for bad in [
+            &["trace", "--port", "70000"][..],
+            &["trace", "--port", "0"],
+            &["trace", "--pid", "abc"],
+            &["trace", "-4", "-6"],
+            &["trace", "--comm", "a-name-longer-than-15"],
+            &["trace", "--ring-size", "3000"],
+            &["trace", "--duration", "-1"],
+            &["trace", "--bogus"],
+            &["frobnicate"],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("0").is_err());
+        assert_eq!(parse_ring_size("256K"), Ok(256 << 10));
+        assert_eq!(parse_ring_size("4096"), Ok(4096));
+        assert!(parse_ring_size("2G").is_err());
+        assert!(parse_ring_size("12K").is_err());
+    }
+}

@@ -1,0 +1,59 @@
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use tcpstate::cli::Cli;
+
+/// Exit status for a usage error, as clap and most tools use.
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    let level = match cli.verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    };
+    env_logger::Builder::new().filter_level(level).parse_default_env().init();
+
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::Error::from(e)),
+    };
+    match runtime.block_on(tcpstate::commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// One line on stderr; details that span lines (a verifier log) go to the
+/// debug log.
+fn fail(e: &anyhow::Error) -> ExitCode {
+    let text = format!("{e:#}");
+    let mut lines = text.lines();
+    eprintln!("tcpstate: {}", lines.next().unwrap_or("unknown error"));
+    let rest: Vec<_> = lines.collect();
+    if !rest.is_empty() {
+        log::debug!("{}", rest.join("\n"));
+    }
+    ExitCode::FAILURE
+}
+
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        let _ = e.print();
+        return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::from(EXIT_USAGE)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("tcpstate: {first} (see --help)");
+    ExitCode::from(EXIT_USAGE)
+}

@@ -1,0 +1,272 @@
+//! The userspace view of one transition, decoded from the ring buffer.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv6Addr},
+};
+
+use tcpstate_ebpf as abi;
+
+/// A TCP state number, named as the kernel names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TcpState(pub u8);
+
+impl TcpState {
+    pub const ESTABLISHED: Self = Self(abi::TCP_ESTABLISHED);
+    pub const SYN_SENT: Self = Self(abi::TCP_SYN_SENT);
+    pub const SYN_RECV: Self = Self(abi::TCP_SYN_RECV);
+    pub const FIN_WAIT1: Self = Self(abi::TCP_FIN_WAIT1);
+    pub const FIN_WAIT2: Self = Self(abi::TCP_FIN_WAIT2);
+    pub const TIME_WAIT: Self = Self(abi::TCP_TIME_WAIT);
+    pub const CLOSE: Self = Self(abi::TCP_CLOSE);
+    pub const CLOSE_WAIT: Self = Self(abi::TCP_CLOSE_WAIT);
+    pub const LAST_ACK: Self = Self(abi::TCP_LAST_ACK);
+    pub const LISTEN: Self = Self(abi::TCP_LISTEN);
+    pub const CLOSING: Self = Self(abi::TCP_CLOSING);
+
+    pub fn name(self) -> &'static str {
+        abi::state_name(self.0).unwrap_or("UNKNOWN")
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// Which side closed the connection (kernel-notes §3; the rules live in the ABI crate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CloseSide {
+    Active,
+    Passive,
+    Simultaneous,
+    Reset,
+}
+
+impl CloseSide {
+    pub const ALL: [Self; 4] = [Self::Active, Self::Passive, Self::Simultaneous, Self::Reset];
+
+    pub fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            abi::CLOSE_ACTIVE => Some(Self::Active),
+            abi::CLOSE_PASSIVE => Some(Self::Passive),
+            abi::CLOSE_SIMULTANEOUS => Some(Self::Simultaneous),
+            abi::CLOSE_RESET => Some(Self::Reset),
+            _ => None,
+        }
+    }
+
+    fn raw(self) -> u8 {
+        match self {
+            Self::Active => abi::CLOSE_ACTIVE,
+            Self::Passive => abi::CLOSE_PASSIVE,
+            Self::Simultaneous => abi::CLOSE_SIMULTANEOUS,
+            Self::Reset => abi::CLOSE_RESET,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        abi::close_side_name(self.raw()).unwrap_or("unknown")
+    }
+}
+
+impl fmt::Display for CloseSide {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "ipv4",
+            Self::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// The process a socket is attributed to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Owner {
+    pub pid: u32,
+    pub comm: String,
+    /// Inherited from the listening socket: the accepted socket has not yet
+    /// made a transition in its own process's context.
+    pub from_listener: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    pub family: Family,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub old: TcpState,
+    pub new: TcpState,
+    pub in_old_state_ns: Option<u64>,
+    /// When the socket was first seen, and whether that was its start.
+    pub first_seen_ns: u64,
+    pub seen_from_start: bool,
+    pub owner: Option<Owner>,
+    pub close: Option<CloseSide>,
+}
+
+/// v4-mapped IPv6 addresses are shown as IPv4, as `ss` does.
+fn decode_addr(raw: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(raw);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+fn decode_comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+impl Transition {
+    /// Decodes one ring-buffer record; `None` if it has the wrong size.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != size_of::<abi::Event>() {
+            return None;
+        }
+        // SAFETY: the length matches and Event is plain integers, valid for
+        // any bit pattern; read_unaligned copes with the ring's alignment.
+        let raw = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<abi::Event>()) };
+        Some(Self::from_raw(&raw))
+    }
+
+    pub fn from_raw(raw: &abi::Event) -> Self {
+        let saddr = decode_addr(raw.saddr);
+        let daddr = decode_addr(raw.daddr);
+        let family = match (raw.family, daddr) {
+            (abi::AF_INET, _) | (_, IpAddr::V4(_)) => Family::Ipv4,
+            _ => Family::Ipv6,
+        };
+        let owner = (raw.flags & abi::FLAG_OWNER_KNOWN != 0).then(|| Owner {
+            pid: raw.pid,
+            comm: decode_comm(&raw.comm),
+            from_listener: raw.flags & abi::FLAG_OWNER_FROM_LISTENER != 0,
+        });
+        Self {
+            ts_ns: raw.ts_ns,
+            skaddr: raw.skaddr,
+            family,
+            saddr,
+            sport: raw.sport,
+            daddr,
+            dport: raw.dport,
+            old: TcpState(raw.oldstate),
+            new: TcpState(raw.newstate),
+            in_old_state_ns: (raw.in_old_state_ns != abi::DURATION_UNKNOWN).then_some(raw.in_old_state_ns),
+            first_seen_ns: raw.first_seen_ns,
+            seen_from_start: raw.flags & abi::FLAG_FROM_START != 0,
+            owner,
+            close: CloseSide::from_raw(raw.close),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn raw_event() -> abi::Event {
+        let mut saddr = [0u8; 16];
+        saddr[10..].copy_from_slice(&[0xff, 0xff, 127, 0, 0, 1]);
+        let mut daddr = saddr;
+        daddr[15] = 2;
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        abi::Event {
+            ts_ns: 1_000_000_000,
+            skaddr: 0xffff_8880_1234_5678,
+            in_old_state_ns: 1_500_000,
+            first_seen_ns: 900_000_000,
+            saddr,
+            daddr,
+            comm,
+            pid: 4242,
+            sport: 40000,
+            dport: 80,
+            family: abi::AF_INET,
+            oldstate: abi::TCP_ESTABLISHED,
+            newstate: abi::TCP_FIN_WAIT1,
+            close: abi::CLOSE_ACTIVE,
+            flags: abi::FLAG_OWNER_KNOWN | abi::FLAG_FROM_START,
+            _pad: [0; 2],
+        }
+    }
+
+    fn as_bytes(ev: &abi::Event) -> Vec<u8> {
+        // SAFETY: Event is repr(C) with no uninitialised padding.
+        unsafe { std::slice::from_raw_parts((ev as *const abi::Event).cast::<u8>(), size_of::<abi::Event>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn decodes_ipv4_event() {
+        let t = Transition::decode(&as_bytes(&raw_event())).unwrap();
+        assert_eq!(t.family, Family::Ipv4);
+        assert_eq!(t.saddr.to_string(), "127.0.0.1");
+        assert_eq!(t.daddr.to_string(), "127.0.0.2");
+        assert_eq!((t.sport, t.dport), (40000, 80));
+        assert_eq!((t.old, t.new), (TcpState::ESTABLISHED, TcpState::FIN_WAIT1));
+        assert_eq!(t.in_old_state_ns, Some(1_500_000));
+        assert_eq!(t.close, Some(CloseSide::Active));
+        assert_eq!(
+            t.owner,
+            Some(Owner { pid: 4242, comm: "curl".into(), from_listener: false })
+        );
+        assert!(t.seen_from_start);
+    }
+
+    #[test]
+    fn decodes_unknowns_and_ipv6() {
+        let mut raw = raw_event();
+        raw.family = abi::AF_INET6;
+        raw.saddr = Ipv6Addr::LOCALHOST.octets();
+        raw.daddr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
+        raw.in_old_state_ns = abi::DURATION_UNKNOWN;
+        raw.flags = 0;
+        raw.close = abi::CLOSE_UNKNOWN;
+        let t = Transition::from_raw(&raw);
+        assert_eq!(t.family, Family::Ipv6);
+        assert_eq!(t.saddr.to_string(), "::1");
+        assert_eq!(t.in_old_state_ns, None);
+        assert_eq!(t.owner, None);
+        assert_eq!(t.close, None);
+    }
+
+    #[test]
+    fn v4_mapped_on_an_ipv6_socket_is_ipv4() {
+        let mut raw = raw_event();
+        raw.family = abi::AF_INET6;
+        assert_eq!(Transition::from_raw(&raw).family, Family::Ipv4);
+    }
+
+    #[test]
+    fn rejects_short_records() {
+        assert!(Transition::decode(&[0u8; 10]).is_none());
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(TcpState::CLOSE_WAIT.to_string(), "CLOSE_WAIT");
+        assert_eq!(format!("{:<12}|", TcpState::LISTEN), "LISTEN      |");
+        let names: Vec<_> = CloseSide::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(names, ["active", "passive", "simultaneous", "reset"]);
+    }
+}

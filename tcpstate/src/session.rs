@@ -1,0 +1,65 @@
+//! The event loop shared by the commands: drain the ring buffer when woken
+//! or on a timer, until Ctrl-C, SIGTERM, `--duration`, or a closed stdout.
+
+use std::{io, time::Duration};
+
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+    time::{Instant, MissedTickBehavior},
+};
+
+use crate::{
+    sink::{Sink, is_closed_pipe},
+    source::tracer::{POLL_INTERVAL, Tracer},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    Interrupted,
+    Terminated,
+    DurationElapsed,
+    OutputClosed,
+}
+
+fn deliver(tracer: &mut Tracer, sink: &mut dyn Sink) -> io::Result<()> {
+    tracer.drain(|t| sink.transition(&t))?;
+    sink.flush()
+}
+
+pub async fn run(tracer: &mut Tracer, sink: &mut dyn Sink, duration: Option<Duration>) -> anyhow::Result<EndReason> {
+    // SAFETY: the tracer owns the fd and outlives `ready`, which is dropped
+    // (and deregistered) at the end of this function.
+    let ready = unsafe { AsyncFd::register_with_interest(tracer.ring_fd(), Interest::READABLE) }?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let deadline = async {
+        match duration {
+            Some(d) => tokio::time::sleep_until(Instant::now() + d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut timer = tokio::time::interval(POLL_INTERVAL);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Skip);
+
+    let reason = loop {
+        tokio::select! {
+            _ = interrupt.recv() => break EndReason::Interrupted,
+            _ = terminate.recv() => break EndReason::Terminated,
+            () = &mut deadline => break EndReason::DurationElapsed,
+            guard = ready.readable() => guard?.clear_ready(),
+            _ = timer.tick() => {}
+        }
+        match deliver(tracer, sink) {
+            Ok(()) => {}
+            Err(e) if is_closed_pipe(&e) => return Ok(EndReason::OutputClosed),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    // What arrived before the end still counts.
+    match deliver(tracer, sink) {
+        Err(e) if is_closed_pipe(&e) => Ok(EndReason::OutputClosed),
+        other => other.map(|()| reason).map_err(Into::into),
+    }
+}

@@ -1,0 +1,51 @@
+//! Sinks: where transitions go once decoded. Each writes into a batch
+//! buffer that goes out in one write per drain of the ring buffer.
+
+pub mod json;
+pub mod text;
+
+use std::io::{self, Write};
+
+use bytes::BytesMut;
+
+use crate::model::transition::Transition;
+
+pub trait Sink {
+    fn transition(&mut self, t: &Transition) -> io::Result<()>;
+    /// Called after each drain of the ring buffer.
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// Collects formatted output and writes it out in one call.
+pub struct BatchWriter<W: Write> {
+    buf: BytesMut,
+    out: W,
+}
+
+impl<W: Write> BatchWriter<W> {
+    pub fn new(out: W) -> Self {
+        Self { buf: BytesMut::with_capacity(64 * 1024), out }
+    }
+
+    pub fn buf(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.out.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        self.out.flush()
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+/// Whether an I/O error means the reader went away (`| head`): the run
+/// then ends quietly.
+pub fn is_closed_pipe(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::BrokenPipe
+}
