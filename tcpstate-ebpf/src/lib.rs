@@ -127,10 +127,7 @@ pub fn owner_is_current(old: u8, new: u8) -> bool {
 /// belongs to a dead socket.
 #[inline(always)]
 pub fn starts_new_socket(old: u8, new: u8) -> bool {
-    matches!(
-        (old, new),
-        (TCP_CLOSE, TCP_SYN_SENT) | (TCP_CLOSE, TCP_LISTEN) | (TCP_LISTEN, TCP_SYN_RECV)
-    )
+    matches!((old, new), (TCP_CLOSE, TCP_SYN_SENT) | (TCP_CLOSE, TCP_LISTEN) | (TCP_LISTEN, TCP_SYN_RECV))
 }
 
 /// Whether a child socket was just cloned from a listener; it then inherits
@@ -336,9 +333,7 @@ mod tests {
 
     /// Walk a sequence of transitions and return the final close side.
     fn walk(states: &[u8]) -> u8 {
-        states
-            .windows(2)
-            .fold(CLOSE_UNKNOWN, |side, w| close_side_after(side, w[0], w[1]))
+        states.windows(2).fold(CLOSE_UNKNOWN, |side, w| close_side_after(side, w[0], w[1]))
     }
 
     #[test]

@@ -98,7 +98,7 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
     } else {
         // SAFETY: events for one socket are serialised by its lock, so no
         // other CPU rewrites this entry while we copy it.
-        unsafe { SOCKETS.get(&skaddr) }.copied()
+        unsafe { SOCKETS.get(skaddr) }.copied()
     };
     let in_old_state_ns = match known {
         Some(rec) => now.saturating_sub(rec.last_change_ns),
@@ -120,7 +120,7 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
         rec.flags = (rec.flags | FLAG_OWNER_KNOWN) & !FLAG_OWNER_FROM_LISTENER;
     } else if is_accepted_child(old, new) {
         // SAFETY: read-only copy of a small value.
-        if let Some(owner) = unsafe { LISTENERS.get(&sport) } {
+        if let Some(owner) = unsafe { LISTENERS.get(sport) } {
             rec.pid = owner.pid;
             rec.comm = owner.comm;
             rec.flags |= FLAG_OWNER_KNOWN | FLAG_OWNER_FROM_LISTENER;
@@ -128,16 +128,16 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
     }
     if old == TCP_CLOSE && new == TCP_LISTEN {
         let owner = Owner { comm: rec.comm, pid: rec.pid, _pad: 0 };
-        let _ = LISTENERS.insert(&sport, &owner, 0);
+        let _ = LISTENERS.insert(sport, owner, 0);
     } else if old == TCP_LISTEN && new == TCP_CLOSE {
-        let _ = LISTENERS.remove(&sport);
+        let _ = LISTENERS.remove(sport);
     }
     rec.close = close_side_after(rec.close, old, new);
     rec.last_change_ns = now;
 
     if new == TCP_CLOSE {
-        let _ = SOCKETS.remove(&skaddr);
-    } else if SOCKETS.insert(&skaddr, &rec, 0).is_err() {
+        let _ = SOCKETS.remove(skaddr);
+    } else if SOCKETS.insert(skaddr, rec, 0).is_err() {
         bump(&COUNTERS, COUNTER_SOCKET_INSERT_FAILED);
         warn!(ctx, "socket table insert failed for skaddr {:x}", skaddr);
     }
@@ -173,9 +173,7 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
     // only once a batch is waiting; it also drains on a timer.
     let wakeup = match cfg.wakeup_bytes {
         0 => 0,
-        threshold if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= threshold => {
-            BPF_RB_FORCE_WAKEUP.into()
-        }
+        threshold if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= threshold => BPF_RB_FORCE_WAKEUP.into(),
         _ => BPF_RB_NO_WAKEUP.into(),
     };
     entry.submit(wakeup);
@@ -188,8 +186,8 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
 fn selected(filters: u8, sport: u16, dport: u16, rec: &SockRecord) -> bool {
     if filters & (FILTER_LPORT | FILTER_RPORT | FILTER_PORT) != 0 {
         // SAFETY: read-only lookups of u8 values.
-        let local = unsafe { PORTS.get(&sport) }.copied().unwrap_or(0);
-        let remote = unsafe { PORTS.get(&dport) }.copied().unwrap_or(0);
+        let local = unsafe { PORTS.get(sport) }.copied().unwrap_or(0);
+        let remote = unsafe { PORTS.get(dport) }.copied().unwrap_or(0);
         if filters & FILTER_LPORT != 0 && local & PORT_AS_LOCAL == 0 {
             return false;
         }
@@ -202,10 +200,10 @@ fn selected(filters: u8, sport: u16, dport: u16, rec: &SockRecord) -> bool {
     }
     let owner_known = rec.flags & FLAG_OWNER_KNOWN != 0;
     // SAFETY: read-only lookups.
-    if filters & FILTER_PID != 0 && !(owner_known && unsafe { PIDS.get(&rec.pid) }.is_some()) {
+    if filters & FILTER_PID != 0 && !(owner_known && unsafe { PIDS.get(rec.pid) }.is_some()) {
         return false;
     }
-    if filters & FILTER_COMM != 0 && !(owner_known && unsafe { COMMS.get(&rec.comm) }.is_some()) {
+    if filters & FILTER_COMM != 0 && !(owner_known && unsafe { COMMS.get(rec.comm) }.is_some()) {
         return false;
     }
     true

@@ -17,7 +17,7 @@ use crate::{
     propagate_version = true
 )]
 pub struct Cli {
-    /// More diagnostics on stderr (-v info, -vv debug, including eBPF-side logs)
+    /// More diagnostics on stderr (-v info, -vv debug)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
     #[command(subcommand)]
@@ -166,7 +166,9 @@ mod tests {
 
     #[test]
     fn trace_filters() {
-        let cli = parse(&["trace", "-4", "--port", "80,443", "--lport", "8080", "--port", "22", "--comm", "nginx"]).unwrap();
+        let cli =
+            parse(&["trace", "-4", "--port", "80,443", "--lport", "8080", "--port", "22", "--comm", "nginx"])
+                .unwrap();
         let Command::Trace(t) = cli.command;
         let f = t.filters.to_filters();
         assert_eq!(f.family, Some(Family::Ipv4));

@@ -27,7 +27,11 @@ fn deliver(tracer: &mut Tracer, sink: &mut dyn Sink) -> io::Result<()> {
     sink.flush()
 }
 
-pub async fn run(tracer: &mut Tracer, sink: &mut dyn Sink, duration: Option<Duration>) -> anyhow::Result<EndReason> {
+pub async fn run(
+    tracer: &mut Tracer,
+    sink: &mut dyn Sink,
+    duration: Option<Duration>,
+) -> anyhow::Result<EndReason> {
     // SAFETY: the tracer owns the fd and outlives `ready`, which is dropped
     // (and deregistered) at the end of this function.
     let ready = unsafe { AsyncFd::register_with_interest(tracer.ring_fd(), Interest::READABLE) }?;

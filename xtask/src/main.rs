@@ -1,1 +1,125 @@
-fn main() {}
+//! Project tasks: `cargo xtask <setup|build|run|test|lint>`.
+//!
+//! Every task that builds runs `setup` first, so one command works on a
+//! fresh machine.
+
+mod setup;
+
+use std::{
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the eBPF build needs: rust-src, LLVM dev files, bpf-linker
+    Setup,
+    /// Set up, then build tcpstate (release)
+    Build,
+    /// Set up, build, and run tcpstate with the given arguments
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every test: unit tests and real-kernel integration tests
+    Test {
+        /// Extra arguments for `cargo test`
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// rustfmt and clippy, host and eBPF sides
+    Lint,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::setup(),
+        Task::Build => setup::setup().and_then(|()| build()).map(drop),
+        Task::Run { args } => setup::setup().and_then(|()| build()).and_then(|bin| exec(&bin, &args)),
+        Task::Test { args } => setup::setup().and_then(|()| test(&args)),
+        Task::Lint => setup::setup().and_then(|()| lint()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Runs a command, failing with its name if it fails.
+pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout.
+pub fn capture(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed with {}", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn build() -> anyhow::Result<PathBuf> {
+    run_cmd(cargo().args(["build", "--release", "--package", "tcpstate"]))?;
+    Ok(workspace_root().join("target/release/tcpstate"))
+}
+
+fn exec(bin: &Path, args: &[String]) -> anyhow::Result<()> {
+    let err = Command::new(bin).args(args).exec();
+    Err(err).with_context(|| format!("running {}", bin.display()))
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    // As root, the real-kernel tests must run: a skip would hide a failure.
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"]).args(args);
+    if root {
+        cmd.env("TCPSTATE_REQUIRE_KERNEL_TESTS", "1");
+    } else {
+        println!("xtask: not root, so the real-kernel tests will skip");
+    }
+    run_cmd(&mut cmd)
+}
+
+fn lint() -> anyhow::Result<()> {
+    run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
+    run_cmd(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    // The program itself, as it is built for the kernel.
+    run_cmd(
+        cargo()
+            .args(["clippy", "--package", "tcpstate-ebpf", "--release", "--target", "bpfel-unknown-none"])
+            .args(["-Z", "build-std=core", "--", "-D", "warnings"])
+            .env("RUSTC_BOOTSTRAP", "1"),
+    )
+}

@@ -6,7 +6,11 @@ use crate::{
     cli::TraceArgs,
     model::clock::Clock,
     session::{self, EndReason},
-    sink::{Sink, is_closed_pipe, json::JsonSink, text::{TextSink, address_width}},
+    sink::{
+        Sink, is_closed_pipe,
+        json::JsonSink,
+        text::{TextSink, address_width},
+    },
     source::tracer::Tracer,
 };
 

@@ -54,7 +54,8 @@ mod tests {
 
     #[test]
     fn summary_lists_pairs_and_losses() {
-        let mut c = KernelCounters { ringbuf_full: 3, recursion_misses: Some(0), received: 5, ..Default::default() };
+        let mut c =
+            KernelCounters { ringbuf_full: 3, recursion_misses: Some(0), received: 5, ..Default::default() };
         c.transitions.insert((TcpState::ESTABLISHED, TcpState::FIN_WAIT1), 2);
         c.transitions.insert((TcpState::CLOSE, TcpState::SYN_SENT), 6);
         assert_eq!(c.total_transitions(), 8);

@@ -226,10 +226,7 @@ pub(crate) mod tests {
         assert_eq!((t.old, t.new), (TcpState::ESTABLISHED, TcpState::FIN_WAIT1));
         assert_eq!(t.in_old_state_ns, Some(1_500_000));
         assert_eq!(t.close, Some(CloseSide::Active));
-        assert_eq!(
-            t.owner,
-            Some(Owner { pid: 4242, comm: "curl".into(), from_listener: false })
-        );
+        assert_eq!(t.owner, Some(Owner { pid: 4242, comm: "curl".into(), from_listener: false }));
         assert!(t.seen_from_start);
     }
 

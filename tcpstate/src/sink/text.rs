@@ -32,7 +32,16 @@ impl<W: Write> TextSink<W> {
         let _ = writeln!(
             self.out.buf(),
             "{:<15} {:>7} {:<15} {:<w$} {:>5} {:<w$} {:>5} {:<11}    {:<11} {:>10} CLOSE",
-            "TIME(UTC)", "PID", "COMM", "LADDR", "LPORT", "RADDR", "RPORT", "OLDSTATE", "NEWSTATE", "MS",
+            "TIME(UTC)",
+            "PID",
+            "COMM",
+            "LADDR",
+            "LPORT",
+            "RADDR",
+            "RPORT",
+            "OLDSTATE",
+            "NEWSTATE",
+            "MS",
         );
     }
 
@@ -41,7 +50,12 @@ impl<W: Write> TextSink<W> {
     }
 }
 
-pub fn format_line(out: &mut impl std::fmt::Write, t: &Transition, clock: &Clock, w: usize) -> std::fmt::Result {
+pub fn format_line(
+    out: &mut impl std::fmt::Write,
+    t: &Transition,
+    clock: &Clock,
+    w: usize,
+) -> std::fmt::Result {
     let stamp = clock.rfc3339(t.ts_ns);
     // "YYYY-MM-DDTHH:MM:SS.ffffffZ" → "HH:MM:SS.ffffff"
     let time = stamp.get(11..26).unwrap_or(&stamp);
@@ -105,9 +119,16 @@ mod tests {
         raw.family = tcpstate_ebpf::AF_INET6;
         raw.saddr = "2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff".parse::<std::net::Ipv6Addr>().unwrap().octets();
         let mut line = String::new();
-        format_line(&mut line, &Transition::from_raw(&raw), &Clock::with_offset(0), address_width(false)).unwrap();
+        format_line(&mut line, &Transition::from_raw(&raw), &Clock::with_offset(0), address_width(false))
+            .unwrap();
         let mut v4 = String::new();
-        format_line(&mut v4, &Transition::from_raw(&raw_event()), &Clock::with_offset(0), address_width(false)).unwrap();
+        format_line(
+            &mut v4,
+            &Transition::from_raw(&raw_event()),
+            &Clock::with_offset(0),
+            address_width(false),
+        )
+        .unwrap();
         // Same width whatever the address, so the columns line up.
         assert_eq!(line.len(), v4.len());
     }

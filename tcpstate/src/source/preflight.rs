@@ -24,11 +24,7 @@ pub fn check_kernel() -> anyhow::Result<KernelVersion> {
 /// The effective capability set of this process.
 fn effective_caps() -> anyhow::Result<u64> {
     let status = fs::read_to_string("/proc/self/status")?;
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .map(str::trim)
-        .unwrap_or("0");
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:")).map(str::trim).unwrap_or("0");
     Ok(u64::from_str_radix(hex, 16)?)
 }
 

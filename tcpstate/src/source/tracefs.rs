@@ -28,9 +28,7 @@ pub fn tracefs_root() -> anyhow::Result<PathBuf> {
     let c = |s: &str| CString::new(s).expect("no NUL in constant");
     let (source, dir, fstype) = (c("nodev"), c(target), c("tracefs"));
     // SAFETY: valid NUL-terminated strings, no data argument.
-    let rc = unsafe {
-        libc::mount(source.as_ptr(), dir.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
-    };
+    let rc = unsafe { libc::mount(source.as_ptr(), dir.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
         bail!("tracefs is not mounted and mounting it failed ({err}); run `mount -t tracefs nodev {target}`");
@@ -44,11 +42,7 @@ pub fn tracefs_root() -> anyhow::Result<PathBuf> {
 
 /// Reads the record layout of `sock:inet_sock_set_state` from its format file.
 pub fn read_offsets(tracefs: &Path) -> anyhow::Result<RecordOffsets> {
-    let path = tracefs
-        .join("events")
-        .join(TRACEPOINT_CATEGORY)
-        .join(TRACEPOINT_NAME)
-        .join("format");
+    let path = tracefs.join("events").join(TRACEPOINT_CATEGORY).join(TRACEPOINT_NAME).join("format");
     let text = match fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
@@ -59,7 +53,7 @@ pub fn read_offsets(tracefs: &Path) -> anyhow::Result<RecordOffsets> {
     parse_format(&text).with_context(|| format!("unexpected layout in {}", path.display()))
 }
 
-/// One `field:TYPE NAME;	offset:N;	size:N;	signed:N;` line.
+/// One `field:TYPE NAME; offset:N; size:N; signed:N;` line (tab-separated).
 #[derive(Debug, PartialEq, Eq)]
 struct Field<'a> {
     name: &'a str,
@@ -87,10 +81,7 @@ fn parse_field(line: &str) -> Option<Field<'_>> {
 pub fn parse_format(text: &str) -> anyhow::Result<RecordOffsets> {
     let fields: Vec<Field<'_>> = text.lines().filter_map(parse_field).collect();
     let field = |name: &str, sizes: &[u16]| -> anyhow::Result<&Field<'_>> {
-        let f = fields
-            .iter()
-            .find(|f| f.name == name)
-            .ok_or_else(|| anyhow!("field {name} is missing"))?;
+        let f = fields.iter().find(|f| f.name == name).ok_or_else(|| anyhow!("field {name} is missing"))?;
         if !sizes.contains(&f.size) {
             bail!("field {name} has size {}, expected {sizes:?}", f.size);
         }
@@ -162,7 +153,10 @@ print fmt: \"family=%s protocol=%s ...\"
     #[test]
     fn parses_pre_5_6_layout_with_one_byte_protocol() {
         let old = FORMAT_6_18
-            .replace("field:__u16 protocol;\toffset:30;\tsize:2;", "field:__u8 protocol;\toffset:30;\tsize:1;")
+            .replace(
+                "field:__u16 protocol;\toffset:30;\tsize:2;",
+                "field:__u8 protocol;\toffset:30;\tsize:1;",
+            )
             .replace("offset:32;", "offset:31;")
             .replace("offset:36;", "offset:35;")
             .replace("offset:40;", "offset:39;")

@@ -216,11 +216,8 @@ impl Tracer {
         out.read_failed = sum(&counters, abi::COUNTER_READ_FAILED)?;
         out.received = self.received;
         out.malformed = self.malformed;
-        let program: &TracePoint = self
-            .ebpf
-            .program(abi::PROGRAM_NAME)
-            .ok_or_else(|| anyhow!("program missing"))?
-            .try_into()?;
+        let program: &TracePoint =
+            self.ebpf.program(abi::PROGRAM_NAME).ok_or_else(|| anyhow!("program missing"))?.try_into()?;
         out.recursion_misses = recursion_misses(program.fd()?.as_fd()).ok();
         Ok(out)
     }

@@ -1,0 +1,265 @@
+//! The `tcpstate` binary end to end: exit codes, one-line errors, JSON
+//! output, signals and a closed stdout. Traffic runs in a namespace the test
+//! creates, from a thread that enters it.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tcpstate");
+
+fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Real-kernel tests run as root; `cargo xtask test` makes a skip fatal.
+fn kernel_tests_possible(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(std::env::var_os("TCPSTATE_REQUIRE_KERNEL_TESTS").is_none(), "{test} needs root");
+    eprintln!("SKIP {test}: not root");
+    false
+}
+
+fn stderr_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn usage_errors_are_one_line_and_exit_2() {
+    for args in [
+        &["trace", "--port", "99999"][..],
+        &["trace", "--bogus"],
+        &["trace", "-4", "-6"],
+        &["trace", "--comm", "much-too-long-for-a-comm"],
+        &["nonsense"],
+        &[],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        if !args.is_empty() {
+            let lines = stderr_lines(&out);
+            assert_eq!(lines.len(), 1, "{args:?}: {lines:?}");
+            assert!(lines[0].starts_with("tcpstate: "), "{lines:?}");
+        }
+    }
+}
+
+#[test]
+fn help_and_version_succeed() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("tcpstate "));
+    let out = Command::new(BIN).args(["trace", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--json"));
+}
+
+#[test]
+fn without_privileges_names_the_missing_capabilities() {
+    if !is_root() {
+        // Unprivileged already: the same check applies to us.
+        let out = Command::new(BIN).args(["trace", "--duration", "1"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        return;
+    }
+    let out = Command::new(BIN).args(["trace", "--duration", "1"]).uid(65534).gid(65534).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let lines = stderr_lines(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("CAP_BPF") && lines[0].contains("CAP_PERFMON"), "{lines:?}");
+}
+
+/// A namespace for the test's traffic, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(test: &str) -> Self {
+        let name = format!("tcpst-cli-{test}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+        assert!(Command::new("ip").args(["netns", "add", &name]).status().unwrap().success());
+        assert!(
+            Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]).status().unwrap().success()
+        );
+        Self(name)
+    }
+
+    /// Runs `n` connections to a listener on `port`, closed by the client,
+    /// from a thread inside the namespace.
+    fn connections(&self, port: u16, n: usize) {
+        let path = format!("/run/netns/{}", self.0);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(path).unwrap();
+            // SAFETY: valid fd; only this thread changes namespace.
+            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+            for _ in 0..n {
+                let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                let (mut server, _) = listener.accept().unwrap();
+                drop(client);
+                let mut buf = [0u8; 16];
+                server.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                assert_eq!(server.read(&mut buf).unwrap(), 0);
+            }
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn port_for(test_index: u16) -> u16 {
+    31000 + (std::process::id() % 500) as u16 * 8 + test_index
+}
+
+/// Starts `tcpstate` and waits until it says it is tracing.
+fn spawn_tracing(args: &[&str]) -> (Child, BufReader<std::process::ChildStderr>) {
+    let mut child =
+        Command::new(BIN).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.starts_with("Tracing"), "unexpected: {line}");
+    (child, stderr)
+}
+
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tcpstate did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn json_lines_with_documented_fields_and_a_summary() {
+    if !kernel_tests_possible("json_lines") {
+        return;
+    }
+    let ns = Netns::new("json");
+    let port = port_for(0);
+    let (mut child, mut stderr) =
+        spawn_tracing(&["trace", "--json", "--port", &port.to_string(), "--duration", "2"]);
+    ns.connections(port, 3);
+    let status = wait_with_timeout(&mut child, Duration::from_secs(10));
+    assert!(status.success());
+    let mut stdout = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    let mut summary = String::new();
+    stderr.read_to_string(&mut summary).unwrap();
+
+    let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // Listener 2 + 3 × (client 5 + server 5).
+    assert_eq!(rows.len(), 32, "{stdout}");
+    for row in &rows {
+        for key in [
+            "ts_ns",
+            "time",
+            "skaddr",
+            "family",
+            "saddr",
+            "sport",
+            "daddr",
+            "dport",
+            "old_state",
+            "new_state",
+            "in_old_state_ns",
+            "pid",
+            "comm",
+            "close",
+        ] {
+            assert!(row.get(key).is_some(), "{key} missing in {row}");
+        }
+        assert_eq!(row["family"], "ipv4");
+        assert!(row["skaddr"].as_str().unwrap().starts_with("0x"));
+        assert!(row["time"].as_str().unwrap().ends_with('Z'));
+        assert!(row["sport"] == port || row["dport"] == port);
+    }
+    let fin1: Vec<_> = rows.iter().filter(|r| r["new_state"] == "FIN_WAIT1").collect();
+    assert_eq!(fin1.len(), 3);
+    assert!(fin1.iter().all(|r| r["close"] == "active" && r["pid"] == std::process::id()));
+    assert_eq!(rows.iter().filter(|r| r["new_state"] == "CLOSE_WAIT" && r["close"] == "passive").count(), 3);
+    assert!(summary.contains("ESTABLISHED -> FIN_WAIT1              3"), "{summary}");
+    assert!(summary.contains("events received 32, dropped (ring buffer full) 0"), "{summary}");
+}
+
+#[test]
+fn sigterm_detaches_and_prints_the_summary() {
+    if !kernel_tests_possible("sigterm") {
+        return;
+    }
+    let ns = Netns::new("term");
+    let port = port_for(1);
+    let (mut child, mut stderr) = spawn_tracing(&["trace", "--port", &port.to_string()]);
+    ns.connections(port, 1);
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_with_timeout(&mut child, Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    let mut stdout = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    let mut summary = String::new();
+    stderr.read_to_string(&mut summary).unwrap();
+    assert_eq!(stdout.lines().count(), 1 + 12, "{stdout}");
+    assert!(stdout.lines().next().unwrap().starts_with("TIME(UTC)"));
+    assert!(summary.contains("total                                12"), "{summary}");
+}
+
+#[test]
+fn closed_stdout_ends_quietly() {
+    if !kernel_tests_possible("closed_stdout") {
+        return;
+    }
+    let ns = Netns::new("pipe");
+    let port = port_for(2);
+    let (mut child, mut stderr) = spawn_tracing(&["trace", "--port", &port.to_string(), "--duration", "20"]);
+    // Read the header, then go away like `| head -1`.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut header = String::new();
+    stdout.read_line(&mut header).unwrap();
+    drop(stdout);
+    ns.connections(port, 1);
+    let status = wait_with_timeout(&mut child, Duration::from_secs(5));
+    assert!(status.success(), "{status}");
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(!rest.contains("tcpstate:") && !rest.contains("panicked"), "{rest}");
+}
+
+/// With tracefs unmounted (in a private mount namespace), tcpstate mounts it.
+#[test]
+fn mounts_tracefs_itself() {
+    if !kernel_tests_possible("mounts_tracefs") {
+        return;
+    }
+    let script = format!(
+        "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; \
+         test -d /sys/kernel/tracing/events && exit 9; exec {BIN} -v trace --duration 0.5"
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("mounted tracefs at /sys/kernel/tracing"), "{stderr}");
+    let _ = std::io::stderr().flush();
+}

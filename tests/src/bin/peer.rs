@@ -1,0 +1,216 @@
+//! A scriptable TCP peer for the integration tests. It runs in the test's
+//! network namespace as its own process, so each side of a connection has a
+//! known pid and comm, and closes in a chosen way.
+//!
+//! Every wait is bounded: socket timeouts, and an alarm that ends the
+//! process after `--timeout` seconds whatever happens.
+
+use std::{
+    io::{self, BufRead as _, ErrorKind, Read as _, Write as _},
+    net::{Shutdown, SocketAddr, TcpStream},
+    os::fd::AsRawFd as _,
+    thread::sleep,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use socket2::{Domain, Socket, Type};
+
+#[derive(Parser)]
+struct Cli {
+    /// Network namespace to enter (a name under /run/netns)
+    #[arg(long)]
+    netns: Option<String>,
+    /// Process name (comm) to take
+    #[arg(long)]
+    name: Option<String>,
+    /// Wait for a line on stdin before starting
+    #[arg(long)]
+    wait_go: bool,
+    /// Hard limit on the whole run, in seconds
+    #[arg(long, default_value_t = 30)]
+    timeout: u32,
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// Accept COUNT connections, one at a time
+    Server {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        #[arg(long, value_enum)]
+        close: CloseMode,
+        /// Wait this long before closing (after the peer's FIN, with `second`)
+        #[arg(long, default_value_t = 0)]
+        hold_ms: u64,
+    },
+    /// Make COUNT connections, one at a time
+    Client {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        #[arg(long, value_enum)]
+        close: CloseMode,
+        #[arg(long, default_value_t = 0)]
+        hold_ms: u64,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CloseMode {
+    /// Close at once, before the peer
+    First,
+    /// Read until the peer's FIN, then close
+    Second,
+    /// SO_LINGER 0: close with an RST
+    Abort,
+    /// Shut down while the peer does too, so both FINs cross
+    Simultaneous,
+}
+
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn enter_netns(name: &str) -> anyhow::Result<()> {
+    let file = std::fs::File::open(format!("/run/netns/{name}")).with_context(|| format!("netns {name}"))?;
+    // SAFETY: a valid fd; only this (single) thread changes namespace.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error()).context("setns");
+    }
+    Ok(())
+}
+
+fn set_name(name: &str) {
+    let c = std::ffi::CString::new(name).expect("no NUL");
+    // SAFETY: PR_SET_NAME copies at most 16 bytes from a valid C string.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) };
+}
+
+fn drain_until_eof(s: &mut TcpStream) -> io::Result<()> {
+    let mut buf = [0u8; 16384];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            // An RST from an aborting peer also ends the read.
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Fill the peer's receive window so our FIN stays queued behind data, shut
+/// down, wait for the peer to do the same, then drain: each FIN then
+/// reaches a side that is itself in FIN_WAIT1, giving CLOSING.
+fn simultaneous(s: &mut TcpStream) -> io::Result<()> {
+    s.set_nonblocking(true)?;
+    let chunk = [0x55u8; 16384];
+    for _ in 0..4096 {
+        match s.write(&chunk) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    s.shutdown(Shutdown::Write)?;
+    sleep(Duration::from_millis(300));
+    s.set_nonblocking(false)?;
+    drain_until_eof(s)
+}
+
+fn finish(mut s: TcpStream, mode: CloseMode, hold: Duration) -> io::Result<()> {
+    match mode {
+        CloseMode::First => {
+            sleep(hold);
+            drop(s);
+        }
+        CloseMode::Second => {
+            drain_until_eof(&mut s)?;
+            sleep(hold);
+            drop(s);
+        }
+        CloseMode::Abort => {
+            sleep(hold);
+            socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
+            drop(s);
+        }
+        CloseMode::Simultaneous => {
+            simultaneous(&mut s)?;
+            drop(s);
+        }
+    }
+    Ok(())
+}
+
+fn small_buffers(sock: &Socket) -> io::Result<()> {
+    sock.set_send_buffer_size(16384)?;
+    sock.set_recv_buffer_size(16384)
+}
+
+fn server(listen: SocketAddr, count: u32, mode: CloseMode, hold: Duration) -> anyhow::Result<()> {
+    let sock = Socket::new(Domain::for_address(listen), Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    if matches!(mode, CloseMode::Simultaneous) {
+        small_buffers(&sock)?;
+    }
+    sock.bind(&listen.into())?;
+    sock.listen(128)?;
+    sock.set_read_timeout(Some(IO_TIMEOUT))?;
+    println!("ready");
+    io::stdout().flush()?;
+    for _ in 0..count {
+        let (conn, _) = sock.accept().context("accept")?;
+        let stream: TcpStream = conn.into();
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        finish(stream, mode, hold)?;
+    }
+    Ok(())
+}
+
+fn client(connect: SocketAddr, count: u32, mode: CloseMode, hold: Duration) -> anyhow::Result<()> {
+    println!("ready");
+    io::stdout().flush()?;
+    for _ in 0..count {
+        let sock = Socket::new(Domain::for_address(connect), Type::STREAM, None)?;
+        if matches!(mode, CloseMode::Simultaneous) {
+            small_buffers(&sock)?;
+        }
+        sock.connect_timeout(&connect.into(), IO_TIMEOUT).context("connect")?;
+        let stream: TcpStream = sock.into();
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        finish(stream, mode, hold)?;
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // SAFETY: alarm has no preconditions; SIGALRM's default ends the process.
+    unsafe { libc::alarm(cli.timeout) };
+    if let Some(ns) = &cli.netns {
+        enter_netns(ns)?;
+    }
+    if let Some(name) = &cli.name {
+        set_name(name);
+    }
+    if cli.wait_go {
+        let mut line = String::new();
+        io::stdin().lock().read_line(&mut line)?;
+        if line.trim() != "go" {
+            bail!("expected 'go' on stdin");
+        }
+    }
+    match cli.role {
+        Role::Server { listen, count, close, hold_ms } => {
+            server(listen, count, close, Duration::from_millis(hold_ms))
+        }
+        Role::Client { connect, count, close, hold_ms } => {
+            client(connect, count, close, Duration::from_millis(hold_ms))
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! `tcpstate trace` against the real kernel: each test runs its own
+//! namespace and peers, and filters the global tracepoint on its own ports.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use tcpstate::{
+    model::transition::{CloseSide, Family, TcpState, Transition},
+    source::tracer::Filters,
+};
+use tcpstate_tests::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn ports(p: &[u16]) -> Filters {
+    Filters { ports: p.to_vec(), ..Default::default() }
+}
+
+/// Every transition of the life is attributed to `pid` with `comm`.
+fn assert_owned_by(life: &[&Transition], pid: u32, comm: &str) {
+    for t in life {
+        let owner = t.owner.as_ref().unwrap_or_else(|| panic!("no owner on {t:?}"));
+        assert_eq!((owner.pid, owner.comm.as_str()), (pid, comm), "{t:?}");
+    }
+}
+
+fn final_close(life: &[&Transition]) -> Option<CloseSide> {
+    life.last().and_then(|t| t.close)
+}
+
+/// One connection between a server and a client peer with the given close
+/// modes; returns the events on the port and the two pids.
+fn one_connection(
+    test: &str,
+    listen: &str,
+    server_close: &str,
+    client_close: &str,
+) -> (Vec<Transition>, u32, u32) {
+    let ns = Netns::new(test);
+    let port = unique_port();
+    let addr = listen.replace("PORT", &port.to_string());
+    let mut tracer = start_tracer(ports(&[port]));
+    let server = Peer::server(&ns, "tsp-server", &["server", "--listen", &addr, "--close", server_close]);
+    let client =
+        Peer::spawn(&ns, "tsp-client", false, &["client", "--connect", &addr, "--close", client_close]);
+    let (server_pid, client_pid) = (server.pid(), client.pid());
+    client.finish();
+    server.finish();
+    // Two connection sockets and the listener reach CLOSE.
+    let events = collect(&mut tracer, WAIT, |e| {
+        closed_connections(e, 2) && e.iter().any(|t| t.old == TcpState::LISTEN && t.new == TcpState::CLOSE)
+    });
+    (events, server_pid, client_pid)
+}
+
+#[test]
+fn a_client_closes_first() {
+    if !kernel_tests_possible("a_client_closes_first") {
+        return;
+    }
+    let (events, server_pid, client_pid) = one_connection("a", "127.0.0.1:PORT", "second", "first");
+    let lives = lives(&events);
+    let client = life_starting(&lives, TcpState::CLOSE, TcpState::SYN_SENT);
+    let server = life_starting(&lives, TcpState::LISTEN, TcpState::SYN_RECV);
+    assert_eq!(states(client), ["CLOSE", "SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE"]);
+    assert_eq!(states(server), ["LISTEN", "SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSE"]);
+    assert_owned_by(client, client_pid, "tsp-client");
+    assert_owned_by(server, server_pid, "tsp-server");
+    assert_eq!(final_close(client), Some(CloseSide::Active));
+    assert_eq!(final_close(server), Some(CloseSide::Passive));
+    // Durations: known for every step after the first; the first is the
+    // time in CLOSE or LISTEN, which is not this socket's.
+    for life in [client, server] {
+        assert_eq!(life[0].in_old_state_ns, None);
+        assert!(life[1..].iter().all(|t| t.in_old_state_ns.is_some()), "{life:?}");
+        assert!(life[0].seen_from_start);
+    }
+    // The listener's own life.
+    let listener = life_starting(&lives, TcpState::CLOSE, TcpState::LISTEN);
+    assert_eq!(states(listener), ["CLOSE", "LISTEN", "CLOSE"]);
+    assert_owned_by(listener, server_pid, "tsp-server");
+}
+
+#[test]
+fn b_server_closes_first_is_attributed_to_the_server() {
+    if !kernel_tests_possible("b_server_closes_first") {
+        return;
+    }
+    let (events, server_pid, client_pid) = one_connection("b", "127.0.0.1:PORT", "first", "second");
+    let lives = lives(&events);
+    let client = life_starting(&lives, TcpState::CLOSE, TcpState::SYN_SENT);
+    let server = life_starting(&lives, TcpState::LISTEN, TcpState::SYN_RECV);
+    assert_eq!(states(server), ["LISTEN", "SYN_RECV", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE"]);
+    assert_eq!(states(client), ["CLOSE", "SYN_SENT", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSE"]);
+    // The active close, and so the TIME_WAIT, belongs to the server. On
+    // loopback the client's ESTABLISHED→CLOSE_WAIT runs in the server's
+    // context, which is what misleads tools that print `current`.
+    assert_owned_by(server, server_pid, "tsp-server");
+    assert_owned_by(client, client_pid, "tsp-client");
+    let fin = server.iter().find(|t| t.new == TcpState::FIN_WAIT1).unwrap();
+    assert!(!fin.owner.as_ref().unwrap().from_listener, "FIN_WAIT1 runs in the closer's own context");
+    assert_eq!(final_close(server), Some(CloseSide::Active));
+    assert_eq!(final_close(client), Some(CloseSide::Passive));
+}
+
+#[test]
+fn c_simultaneous_close() {
+    if !kernel_tests_possible("c_simultaneous_close") {
+        return;
+    }
+    let (events, server_pid, client_pid) =
+        one_connection("c", "127.0.0.1:PORT", "simultaneous", "simultaneous");
+    let lives = lives(&events);
+    let client = life_starting(&lives, TcpState::CLOSE, TcpState::SYN_SENT);
+    let server = life_starting(&lives, TcpState::LISTEN, TcpState::SYN_RECV);
+    for (life, pid, comm) in [(client, client_pid, "tsp-client"), (server, server_pid, "tsp-server")] {
+        assert_owned_by(life, pid, comm);
+        assert!(
+            life.iter().any(|t| t.old == TcpState::ESTABLISHED && t.new == TcpState::FIN_WAIT1),
+            "{life:?}"
+        );
+        // Whichever FIN arrives first finds its receiver in FIN_WAIT1.
+        assert!(matches!(final_close(life), Some(CloseSide::Simultaneous | CloseSide::Active)), "{life:?}");
+    }
+    let closing: Vec<_> = [client, server]
+        .into_iter()
+        .filter(|l| l.iter().any(|t| t.old == TcpState::FIN_WAIT1 && t.new == TcpState::CLOSING))
+        .collect();
+    assert!(!closing.is_empty(), "no side went FIN_WAIT1 -> CLOSING: {lives:#?}");
+    for life in closing {
+        assert_eq!(final_close(life), Some(CloseSide::Simultaneous));
+        assert_eq!(life.last().unwrap().old, TcpState::CLOSING);
+    }
+}
+
+#[test]
+fn d_abortive_close_is_a_reset_on_both_sides() {
+    if !kernel_tests_possible("d_abortive_close") {
+        return;
+    }
+    let (events, server_pid, client_pid) = one_connection("d", "127.0.0.1:PORT", "second", "abort");
+    let lives = lives(&events);
+    let client = life_starting(&lives, TcpState::CLOSE, TcpState::SYN_SENT);
+    let server = life_starting(&lives, TcpState::LISTEN, TcpState::SYN_RECV);
+    assert_eq!(states(client), ["CLOSE", "SYN_SENT", "ESTABLISHED", "CLOSE"]);
+    assert_eq!(states(server), ["LISTEN", "SYN_RECV", "ESTABLISHED", "CLOSE"]);
+    assert_eq!(final_close(client), Some(CloseSide::Reset));
+    assert_eq!(final_close(server), Some(CloseSide::Reset));
+    assert_owned_by(client, client_pid, "tsp-client");
+    assert_owned_by(server, server_pid, "tsp-server");
+}
+
+#[test]
+fn e_ipv6_loopback() {
+    if !kernel_tests_possible("e_ipv6_loopback") {
+        return;
+    }
+    let (events, server_pid, client_pid) = one_connection("e", "[::1]:PORT", "second", "first");
+    assert!(events.iter().all(|t| t.family == Family::Ipv6), "{events:#?}");
+    let lives = lives(&events);
+    let client = life_starting(&lives, TcpState::CLOSE, TcpState::SYN_SENT);
+    let server = life_starting(&lives, TcpState::LISTEN, TcpState::SYN_RECV);
+    assert_eq!(states(client), ["CLOSE", "SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE"]);
+    for t in client[1..].iter().chain(server) {
+        assert_eq!((t.saddr.to_string(), t.daddr.to_string()), ("::1".into(), "::1".into()));
+    }
+    assert_owned_by(client, client_pid, "tsp-client");
+    assert_owned_by(server, server_pid, "tsp-server");
+    assert_eq!(final_close(client), Some(CloseSide::Active));
+}
+
+/// Port and family filters, each tracer seeing the same traffic.
+#[test]
+fn f_port_and_family_filters() {
+    if !kernel_tests_possible("f_port_and_family_filters") {
+        return;
+    }
+    let ns = Netns::new("fport");
+    let (p4, p6) = (unique_port(), unique_port());
+    let a4 = format!("127.0.0.1:{p4}");
+    let a6 = format!("[::1]:{p6}");
+    let both = vec![p4, p6];
+    let mut by_port = start_tracer(ports(&[p4]));
+    let mut by_lport = start_tracer(Filters { lports: vec![p4], ..Default::default() });
+    let mut by_rport = start_tracer(Filters { rports: vec![p4], ..Default::default() });
+    let mut v6_only =
+        start_tracer(Filters { family: Some(Family::Ipv6), ports: both.clone(), ..Default::default() });
+    let mut v4_only =
+        start_tracer(Filters { family: Some(Family::Ipv4), ports: both.clone(), ..Default::default() });
+    for addr in [&a4, &a6] {
+        let server = Peer::server(&ns, "tsp-fsrv", &["server", "--listen", addr, "--close", "second"]);
+        Peer::spawn(&ns, "tsp-fcli", false, &["client", "--connect", addr, "--close", "first"]).finish();
+        server.finish();
+    }
+    let two_closed = |e: &[Transition]| closed_connections(e, 2);
+    let port = collect(&mut by_port, WAIT, two_closed);
+    assert!(closed_connections(&port, 2));
+    assert!(port.iter().all(|t| t.sport == p4 || t.dport == p4), "{port:#?}");
+
+    let one_closed = |e: &[Transition]| closed_connections(e, 1);
+    let lport = collect(&mut by_lport, WAIT, one_closed);
+    assert!(closed_connections(&lport, 1));
+    assert!(lport.iter().all(|t| t.sport == p4), "{lport:#?}");
+    let rport = collect(&mut by_rport, WAIT, one_closed);
+    assert!(closed_connections(&rport, 1));
+    assert!(rport.iter().all(|t| t.dport == p4), "{rport:#?}");
+
+    let v6 = collect(&mut v6_only, WAIT, two_closed);
+    assert!(closed_connections(&v6, 2));
+    assert!(v6.iter().all(|t| t.family == Family::Ipv6 && (t.sport == p6 || t.dport == p6)), "{v6:#?}");
+    let v4 = collect(&mut v4_only, WAIT, two_closed);
+    assert!(closed_connections(&v4, 2));
+    assert!(v4.iter().all(|t| t.family == Family::Ipv4 && (t.sport == p4 || t.dport == p4)), "{v4:#?}");
+}
+
+/// Owner filters select on the attributed owner, so they see the whole life
+/// of the owner's sockets, including the softirq transitions.
+#[test]
+fn f_pid_and_comm_filters() {
+    if !kernel_tests_possible("f_pid_and_comm_filters") {
+        return;
+    }
+    let ns = Netns::new("fowner");
+    let port = unique_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut client = Peer::spawn(&ns, "tsp-pcli", true, &["client", "--connect", &addr, "--close", "first"]);
+    let client_pid = client.pid();
+    let mut by_pid = start_tracer(Filters { pids: vec![client_pid], ..Default::default() });
+    let mut by_comm = start_tracer(Filters { comms: vec!["tsp-psrv".into()], ..Default::default() });
+    let server = Peer::server(&ns, "tsp-psrv", &["server", "--listen", &addr, "--close", "second"]);
+    let server_pid = server.pid();
+    client.go();
+    client.finish();
+    server.finish();
+
+    let pid_events = collect(&mut by_pid, WAIT, |e| closed_connections(e, 1));
+    let lives_by_pid = lives(&pid_events);
+    assert_eq!(lives_by_pid.len(), 1, "{pid_events:#?}");
+    assert_eq!(
+        states(&lives_by_pid[0]),
+        ["CLOSE", "SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE"]
+    );
+    assert_owned_by(&lives_by_pid[0], client_pid, "tsp-pcli");
+
+    let comm_events = collect(&mut by_comm, WAIT, |e| {
+        closed_connections(e, 1) && e.iter().any(|t| t.old == TcpState::LISTEN && t.new == TcpState::CLOSE)
+    });
+    let lives_by_comm = lives(&comm_events);
+    let child = life_starting(&lives_by_comm, TcpState::LISTEN, TcpState::SYN_RECV);
+    assert_eq!(states(child), ["LISTEN", "SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSE"]);
+    assert_eq!(lives_by_comm.len(), 2, "the child and the listener only: {comm_events:#?}");
+    for t in &comm_events {
+        let owner = t.owner.as_ref().unwrap();
+        assert_eq!((owner.pid, owner.comm.as_str()), (server_pid, "tsp-psrv"));
+    }
+}
+
+/// With nothing dropped, the kernel's per-pair counters equal the events.
+#[test]
+fn g_kernel_counters_match_events() {
+    if !kernel_tests_possible("g_kernel_counters_match_events") {
+        return;
+    }
+    const CONNECTIONS: usize = 25;
+    let ns = Netns::new("g");
+    let port = unique_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut tracer = start_tracer(ports(&[port]));
+    let n = CONNECTIONS.to_string();
+    let server =
+        Peer::server(&ns, "tsp-gsrv", &["server", "--listen", &addr, "--count", &n, "--close", "second"]);
+    Peer::spawn(&ns, "tsp-gcli", false, &["client", "--connect", &addr, "--count", &n, "--close", "first"])
+        .finish();
+    server.finish();
+    let events = collect(&mut tracer, WAIT, |e| {
+        closed_connections(e, 2 * CONNECTIONS)
+            && e.iter().any(|t| t.new == TcpState::CLOSE && t.old == TcpState::LISTEN)
+    });
+    let counters = tracer.counters().unwrap();
+    assert_eq!(counters.ringbuf_full, 0);
+    assert_eq!(counters.read_failed, 0);
+    assert_eq!(counters.socket_insert_failed, 0);
+    assert_eq!(counters.received, events.len() as u64);
+    let mut from_events: BTreeMap<(TcpState, TcpState), u64> = BTreeMap::new();
+    for t in &events {
+        *from_events.entry((t.old, t.new)).or_default() += 1;
+    }
+    assert_eq!(counters.transitions, from_events);
+    // 25 × (client 5 + server 5) + listener 2.
+    assert_eq!(counters.total_transitions(), (CONNECTIONS * 10 + 2) as u64);
+    assert_eq!(from_events[&(TcpState::ESTABLISHED, TcpState::FIN_WAIT1)], CONNECTIONS as u64);
+    assert!(counters.recursion_misses.is_some());
+}
