@@ -28,6 +28,10 @@ pub struct Cli {
 pub enum Command {
     /// Print one line (or JSON object) per TCP state transition
     Trace(TraceArgs),
+    /// Live view: a dashboard on a terminal, periodic reports otherwise
+    Top(TopArgs),
+    /// Collect until --duration or Ctrl-C, then print one report
+    Stats(StatsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -39,6 +43,39 @@ pub struct TraceArgs {
     /// JSON Lines output, one object per transition
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    #[command(flatten)]
+    pub session: SessionArgs,
+    #[command(flatten)]
+    pub report: ReportArgs,
+    /// Refresh every (e.g. 1, 500ms, 5s)
+    #[arg(short, long, default_value = "1", value_parser = parse_duration)]
+    pub interval: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    #[command(flatten)]
+    pub session: SessionArgs,
+    #[command(flatten)]
+    pub report: ReportArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// JSON output (top: one document per refresh; stats: one document)
+    #[arg(long)]
+    pub json: bool,
+    /// Rows per ranked table
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub top: u16,
 }
 
 /// Filters, applied in the kernel. Lists are comma-separated or repeated.
@@ -169,13 +206,28 @@ mod tests {
         let cli =
             parse(&["trace", "-4", "--port", "80,443", "--lport", "8080", "--port", "22", "--comm", "nginx"])
                 .unwrap();
-        let Command::Trace(t) = cli.command;
+        let Command::Trace(t) = cli.command else { panic!() };
         let f = t.filters.to_filters();
         assert_eq!(f.family, Some(Family::Ipv4));
         assert_eq!(f.ports, [80, 443, 22]);
         assert_eq!(f.lports, [8080]);
         assert_eq!(f.comms, ["nginx"]);
         assert_eq!(t.session.ring_size, 8 << 20);
+    }
+
+    #[test]
+    fn top_and_stats() {
+        let cli = parse(&["top", "--interval", "500ms", "--json", "--port", "80"]).unwrap();
+        let Command::Top(t) = cli.command else { panic!() };
+        assert_eq!(t.interval, Duration::from_millis(500));
+        assert!(t.report.json);
+        assert_eq!(t.report.top, 10);
+        let cli = parse(&["stats", "-d", "5", "--top", "3"]).unwrap();
+        let Command::Stats(s) = cli.command else { panic!() };
+        assert_eq!(s.report.top, 3);
+        assert_eq!(s.session.duration, Some(Duration::from_secs(5)));
+        assert!(parse(&["top", "--interval", "0"]).is_err());
+        assert!(parse(&["stats", "--top", "0"]).is_err());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-use std::process::ExitCode;
+use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
 use tcpstate::cli::Cli;
@@ -22,7 +22,16 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::Error::from(e)),
     };
-    match runtime.block_on(tcpstate::commands::run(cli)) {
+    let stdout = std::io::stdout();
+    let is_terminal = stdout.is_terminal();
+    let mut writer = stdout.lock();
+    let mut notice = |line: &str| {
+        if !line.is_empty() {
+            eprintln!("{line}");
+        }
+    };
+    let out = tcpstate::commands::Output { writer: &mut writer, is_terminal, on_attached: &mut notice };
+    match runtime.block_on(tcpstate::commands::run(cli, out)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

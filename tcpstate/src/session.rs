@@ -10,21 +10,24 @@ use tokio::{
 };
 
 use crate::{
-    sink::{Sink, is_closed_pipe},
+    sink::{Flow, Sink, is_closed_pipe},
     source::tracer::{POLL_INTERVAL, Tracer},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndReason {
+    /// The sink asked to stop (a key in the dashboard).
+    Quit,
     Interrupted,
     Terminated,
     DurationElapsed,
     OutputClosed,
 }
 
-fn deliver(tracer: &mut Tracer, sink: &mut dyn Sink) -> io::Result<()> {
+fn deliver(tracer: &mut Tracer, sink: &mut dyn Sink) -> io::Result<Flow> {
     tracer.drain(|t| sink.transition(&t))?;
-    sink.flush()
+    sink.flush()?;
+    sink.tick(&|| tracer.counters().map_err(io::Error::other))
 }
 
 pub async fn run(
@@ -56,13 +59,14 @@ pub async fn run(
             _ = timer.tick() => {}
         }
         match deliver(tracer, sink) {
-            Ok(()) => {}
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Stop) => break EndReason::Quit,
             Err(e) if is_closed_pipe(&e) => return Ok(EndReason::OutputClosed),
             Err(e) => return Err(e.into()),
         }
     };
     // What arrived before the end still counts.
-    match deliver(tracer, sink) {
+    match tracer.drain(|t| sink.transition(&t)).and_then(|_| sink.flush()) {
         Err(e) if is_closed_pipe(&e) => Ok(EndReason::OutputClosed),
         other => other.map(|()| reason).map_err(Into::into),
     }

@@ -135,6 +135,22 @@ impl Peer {
         assert_eq!(line.trim(), "ready", "peer did not start");
     }
 
+    /// Whether the process has ended (without reaping it for `finish`).
+    pub fn exited(&self) -> bool {
+        // SAFETY: waitid with WNOWAIT only peeks at our own child.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                self.child.id(),
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: si_pid is valid to read after waitid.
+        rc == 0 && unsafe { info.si_pid() } != 0
+    }
+
     /// Waits for a clean exit.
     pub fn finish(mut self) {
         let status = self.child.wait().expect("wait peer");
@@ -215,4 +231,46 @@ pub fn life_starting<'a>(
         lives.iter().filter(|l| l.first().is_some_and(|t| t.old == old && t.new == new)).collect();
     assert_eq!(found.len(), 1, "want one life starting {old} -> {new}, have {lives:#?}");
     found[0]
+}
+
+/// A `tcpstate` subcommand running in-process on its own thread, with its
+/// stdout captured.
+pub struct CommandRun {
+    handle: std::thread::JoinHandle<String>,
+}
+
+impl CommandRun {
+    /// Starts `tcpstate ARGS…` and returns once it is attached.
+    pub fn start(args: &[&str]) -> Self {
+        let args: Vec<String> =
+            std::iter::once("tcpstate").chain(args.iter().copied()).map(String::from).collect();
+        let (attached, wait) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            use clap::Parser as _;
+            let cli = tcpstate::cli::Cli::try_parse_from(&args).expect("valid arguments");
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let mut stdout = Vec::new();
+            let mut notify = |_: &str| {
+                let _ = attached.send(());
+            };
+            let out = tcpstate::commands::Output {
+                writer: &mut stdout,
+                is_terminal: false,
+                on_attached: &mut notify,
+            };
+            runtime.block_on(tcpstate::commands::run(cli, out)).expect("command succeeds");
+            String::from_utf8(stdout).expect("UTF-8 output")
+        });
+        if wait.recv_timeout(Duration::from_secs(10)).is_err() {
+            let err = handle.join().err();
+            panic!("command did not attach: {err:?}");
+        }
+        Self { handle }
+    }
+
+    /// Waits for the command to end and returns its stdout.
+    pub fn output(self) -> String {
+        self.handle.join().expect("command thread")
+    }
 }

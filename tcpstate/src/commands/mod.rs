@@ -1,11 +1,25 @@
 //! One module per subcommand.
 
+pub mod report;
 pub mod trace;
+
+use std::io::Write;
 
 use crate::cli::{Cli, Command};
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Where a command's results go: stdout, or a buffer in tests.
+pub struct Output<'a> {
+    pub writer: &'a mut dyn Write,
+    /// Whether the writer is a terminal (`top` then draws its dashboard).
+    pub is_terminal: bool,
+    /// Told once the program is attached, with a line for the user.
+    pub on_attached: &'a mut dyn FnMut(&str),
+}
+
+pub async fn run(cli: Cli, out: Output<'_>) -> anyhow::Result<()> {
     match cli.command {
-        Command::Trace(args) => trace::run(args).await,
+        Command::Trace(args) => trace::run(args, out).await,
+        Command::Top(args) => report::top(args, out).await,
+        Command::Stats(args) => report::stats(args, out).await,
     }
 }

@@ -1,11 +1,10 @@
 //! `tcpstate trace`: one line or JSON object per transition.
 
-use std::io;
-
+use super::Output;
 use crate::{
     cli::TraceArgs,
     model::clock::Clock,
-    session::{self, EndReason},
+    session,
     sink::{
         Sink, is_closed_pipe,
         json::JsonSink,
@@ -14,26 +13,23 @@ use crate::{
     source::tracer::Tracer,
 };
 
-pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
+pub async fn run(args: TraceArgs, out: Output<'_>) -> anyhow::Result<()> {
     let filters = args.filters.to_filters();
     let ipv4_only = args.filters.ipv4;
     let mut tracer = Tracer::start(&args.session.tracer_options(filters))?;
     let clock = Clock::new();
-    let stdout = io::stdout().lock();
-    let mut sink: Box<dyn Sink> = if args.json {
-        Box::new(JsonSink::new(stdout, clock))
+    let mut sink: Box<dyn Sink + '_> = if args.json {
+        Box::new(JsonSink::new(out.writer, clock))
     } else {
-        match TextSink::new(stdout, clock, address_width(ipv4_only)) {
+        match TextSink::new(out.writer, clock, address_width(ipv4_only)) {
             Ok(sink) => Box::new(sink),
             Err(e) if is_closed_pipe(&e) => return summarize(&tracer),
             Err(e) => return Err(e.into()),
         }
     };
-    eprintln!("Tracing TCP state transitions. Hit Ctrl-C to end.");
+    (out.on_attached)("Tracing TCP state transitions. Hit Ctrl-C to end.");
     let reason = session::run(&mut tracer, sink.as_mut(), args.session.duration).await?;
     log::info!("trace ended: {reason:?}");
-    drop(sink);
-    let _ = reason == EndReason::OutputClosed;
     summarize(&tracer)
 }
 

@@ -24,6 +24,22 @@ impl KernelCounters {
     pub fn total_transitions(&self) -> u64 {
         self.transitions.values().sum()
     }
+
+    /// What changed since `earlier`: for rates, and for `top`'s reset.
+    pub fn since(&self, earlier: &Self) -> Self {
+        let before = |k| earlier.transitions.get(k).copied().unwrap_or(0);
+        Self {
+            transitions: self.transitions.iter().map(|(k, &n)| (*k, n.saturating_sub(before(k)))).collect(),
+            ringbuf_full: self.ringbuf_full.saturating_sub(earlier.ringbuf_full),
+            socket_insert_failed: self.socket_insert_failed.saturating_sub(earlier.socket_insert_failed),
+            read_failed: self.read_failed.saturating_sub(earlier.read_failed),
+            recursion_misses: self
+                .recursion_misses
+                .map(|n| n.saturating_sub(earlier.recursion_misses.unwrap_or(0))),
+            received: self.received.saturating_sub(earlier.received),
+            malformed: self.malformed.saturating_sub(earlier.malformed),
+        }
+    }
 }
 
 /// The end-of-run summary, for stderr.
@@ -66,5 +82,19 @@ mod tests {
         assert!(lines[3].starts_with("total") && lines[3].ends_with(" 8"));
         assert!(lines[4].contains("dropped (ring buffer full) 3"));
         assert!(lines[4].contains("skipped by the kernel 0"));
+    }
+
+    #[test]
+    fn deltas() {
+        let mut before = KernelCounters { ringbuf_full: 1, recursion_misses: Some(2), ..Default::default() };
+        before.transitions.insert((TcpState::CLOSE, TcpState::SYN_SENT), 4);
+        let mut now = KernelCounters { ringbuf_full: 5, recursion_misses: Some(2), ..Default::default() };
+        now.transitions.insert((TcpState::CLOSE, TcpState::SYN_SENT), 10);
+        now.transitions.insert((TcpState::CLOSE, TcpState::LISTEN), 1);
+        let d = now.since(&before);
+        assert_eq!(d.ringbuf_full, 4);
+        assert_eq!(d.recursion_misses, Some(0));
+        assert_eq!(d.transitions[&(TcpState::CLOSE, TcpState::SYN_SENT)], 6);
+        assert_eq!(d.transitions[&(TcpState::CLOSE, TcpState::LISTEN)], 1);
     }
 }

@@ -1,5 +1,7 @@
 //! The model: decoded transitions, time, and the kernel's counters.
 
+pub mod aggregate;
 pub mod clock;
 pub mod counters;
+pub mod report;
 pub mod transition;

@@ -1,19 +1,34 @@
 //! Sinks: where transitions go once decoded. Each writes into a batch
 //! buffer that goes out in one write per drain of the ring buffer.
 
+pub mod dashboard;
 pub mod json;
+pub mod periodic;
+pub mod report;
 pub mod text;
 
 use std::io::{self, Write};
 
 use bytes::BytesMut;
 
-use crate::model::transition::Transition;
+use crate::model::{counters::KernelCounters, transition::Transition};
+
+/// Whether the session goes on after a tick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
 
 pub trait Sink {
     fn transition(&mut self, t: &Transition) -> io::Result<()>;
     /// Called after each drain of the ring buffer.
     fn flush(&mut self) -> io::Result<()>;
+    /// Called after every drain, at least every `POLL_INTERVAL`, with a way
+    /// to read the kernel counters. Periodic sinks refresh here.
+    fn tick(&mut self, _counters: &dyn Fn() -> io::Result<KernelCounters>) -> io::Result<Flow> {
+        Ok(Flow::Continue)
+    }
 }
 
 /// Collects formatted output and writes it out in one call.

@@ -190,6 +190,14 @@ impl Tracer {
         Ok(n)
     }
 
+    /// Sockets in the kernel's socket table now.
+    pub fn sockets_in_kernel(&self) -> anyhow::Result<usize> {
+        let map =
+            self.ebpf.map(abi::MAP_SOCKETS).ok_or_else(|| anyhow!("map {} missing", abi::MAP_SOCKETS))?;
+        let table: HashMap<_, u64, abi::SockRecord> = HashMap::try_from(map)?;
+        Ok(table.keys().filter(Result::is_ok).count())
+    }
+
     /// Records received through the ring buffer so far.
     pub fn received(&self) -> u64 {
         self.received

@@ -29,7 +29,7 @@ struct Cli {
     #[arg(long)]
     wait_go: bool,
     /// Hard limit on the whole run, in seconds
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, global = true)]
     timeout: u32,
     #[command(subcommand)]
     role: Role,
@@ -59,6 +59,9 @@ enum Role {
         close: CloseMode,
         #[arg(long, default_value_t = 0)]
         hold_ms: u64,
+        /// Wait this long after each connection before the next
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
     },
 }
 
@@ -172,7 +175,13 @@ fn server(listen: SocketAddr, count: u32, mode: CloseMode, hold: Duration) -> an
     Ok(())
 }
 
-fn client(connect: SocketAddr, count: u32, mode: CloseMode, hold: Duration) -> anyhow::Result<()> {
+fn client(
+    connect: SocketAddr,
+    count: u32,
+    mode: CloseMode,
+    hold: Duration,
+    pause: Duration,
+) -> anyhow::Result<()> {
     println!("ready");
     io::stdout().flush()?;
     for _ in 0..count {
@@ -184,6 +193,7 @@ fn client(connect: SocketAddr, count: u32, mode: CloseMode, hold: Duration) -> a
         let stream: TcpStream = sock.into();
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         finish(stream, mode, hold)?;
+        sleep(pause);
     }
     Ok(())
 }
@@ -209,8 +219,8 @@ fn main() -> anyhow::Result<()> {
         Role::Server { listen, count, close, hold_ms } => {
             server(listen, count, close, Duration::from_millis(hold_ms))
         }
-        Role::Client { connect, count, close, hold_ms } => {
-            client(connect, count, close, Duration::from_millis(hold_ms))
+        Role::Client { connect, count, close, hold_ms, pause_ms } => {
+            client(connect, count, close, Duration::from_millis(hold_ms), Duration::from_millis(pause_ms))
         }
     }
 }

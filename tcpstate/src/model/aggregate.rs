@@ -1,0 +1,404 @@
+//! The aggregation model: running counts, close sides, TIME_WAIT producers
+//! and time-in-state distributions, all in bounded memory.
+
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    net::{IpAddr, SocketAddr},
+};
+
+use hdrhistogram::Histogram;
+use tcpstate_ebpf::TCP_STATE_COUNT;
+
+use super::transition::{CloseSide, TcpState, Transition};
+
+/// Rows an aggregate table keeps before counting new keys under "other".
+pub const DEFAULT_TABLE_CAP: usize = 4096;
+/// Sockets followed at once in userspace (the kernel has its own table).
+pub const DEFAULT_SOCKET_CAP: usize = 262_144;
+/// Histograms cover 1 µs to 1 h at two significant digits (±1 %); longer
+/// times count as 1 h.
+const HIST_LOW_NS: u64 = 1_000;
+const HIST_HIGH_NS: u64 = 3_600_000_000_000;
+
+/// Closes per side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Sides {
+    pub active: u64,
+    pub passive: u64,
+    pub simultaneous: u64,
+    pub reset: u64,
+}
+
+impl Sides {
+    fn slot(&mut self, side: CloseSide) -> &mut u64 {
+        match side {
+            CloseSide::Active => &mut self.active,
+            CloseSide::Passive => &mut self.passive,
+            CloseSide::Simultaneous => &mut self.simultaneous,
+            CloseSide::Reset => &mut self.reset,
+        }
+    }
+
+    pub fn add(&mut self, side: CloseSide) {
+        *self.slot(side) += 1;
+    }
+
+    pub fn get(&self, side: CloseSide) -> u64 {
+        let mut copy = *self;
+        *copy.slot(side)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.active + self.passive + self.simultaneous + self.reset
+    }
+}
+
+/// Something a table row can be ranked by.
+pub trait Tally: Default + Clone {
+    fn score(&self) -> u64;
+    fn merge(&mut self, other: &Self);
+}
+
+impl Tally for u64 {
+    fn score(&self) -> u64 {
+        *self
+    }
+    fn merge(&mut self, other: &Self) {
+        *self += other;
+    }
+}
+
+impl Tally for Sides {
+    fn score(&self) -> u64 {
+        self.total()
+    }
+    fn merge(&mut self, other: &Self) {
+        for side in CloseSide::ALL {
+            *self.slot(side) += other.get(side);
+        }
+    }
+}
+
+/// A table that stops growing at `cap` keys; later keys count under `other`.
+#[derive(Clone, Debug)]
+pub struct CappedTable<K, V> {
+    rows: HashMap<K, V>,
+    other: V,
+    cap: usize,
+}
+
+impl<K: Hash + Eq + Clone + Ord, V: Tally> CappedTable<K, V> {
+    pub fn new(cap: usize) -> Self {
+        Self { rows: HashMap::new(), other: V::default(), cap }
+    }
+
+    pub fn entry(&mut self, key: K) -> &mut V {
+        if self.rows.len() >= self.cap && !self.rows.contains_key(&key) {
+            return &mut self.other;
+        }
+        self.rows.entry(key).or_default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The `n` highest-scoring rows (ties by key), and everything else merged.
+    pub fn top(&self, n: usize, score: impl Fn(&V) -> u64) -> (Vec<(K, V)>, V) {
+        let mut rows: Vec<_> = self.rows.iter().collect();
+        rows.sort_by(|a, b| score(b.1).cmp(&score(a.1)).then_with(|| a.0.cmp(b.0)));
+        let mut other = self.other.clone();
+        for (_, v) in rows.iter().skip(n) {
+            other.merge(v);
+        }
+        (rows.into_iter().take(n).map(|(k, v)| (k.clone(), v.clone())).collect(), other)
+    }
+}
+
+/// The owner a row is filed under; unknown owners share one row.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessKey {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+}
+
+impl ProcessKey {
+    fn of(t: &Transition) -> Self {
+        match &t.owner {
+            Some(o) => Self { pid: Some(o.pid), comm: Some(o.comm.clone()) },
+            None => Self { pid: None, comm: None },
+        }
+    }
+}
+
+/// Sockets followed now, by state. Entries go when the socket closes; past
+/// `cap` new sockets are counted but not followed.
+#[derive(Clone, Debug)]
+pub struct SocketTable {
+    states: HashMap<u64, TcpState>,
+    by_state: [u64; TCP_STATE_COUNT],
+    cap: usize,
+    pub untracked: u64,
+}
+
+impl SocketTable {
+    fn new(cap: usize) -> Self {
+        Self { states: HashMap::new(), by_state: [0; TCP_STATE_COUNT], cap, untracked: 0 }
+    }
+
+    fn observe(&mut self, t: &Transition) {
+        if let Some(old) = self.states.remove(&t.skaddr) {
+            self.by_state[old.0 as usize % TCP_STATE_COUNT] -= 1;
+        }
+        if t.new == TcpState::CLOSE {
+            return;
+        }
+        if self.states.len() >= self.cap {
+            self.untracked += 1;
+            return;
+        }
+        self.states.insert(t.skaddr, t.new);
+        self.by_state[t.new.0 as usize % TCP_STATE_COUNT] += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
+    pub fn count(&self, state: TcpState) -> u64 {
+        self.by_state[state.0 as usize % TCP_STATE_COUNT]
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(HIST_LOW_NS, HIST_HIGH_NS, 2).expect("constant bounds are valid")
+}
+
+/// Whether this transition is a connection entering TIME_WAIT: the active
+/// (or simultaneous) closer's full socket handing over to a timewait socket
+/// (kernel-notes §4).
+pub fn enters_time_wait(t: &Transition) -> bool {
+    t.new == TcpState::CLOSE
+        && matches!(t.old, TcpState::FIN_WAIT1 | TcpState::FIN_WAIT2 | TcpState::CLOSING)
+        && matches!(t.close, Some(CloseSide::Active | CloseSide::Simultaneous))
+}
+
+/// A connection (not a listener) reaching CLOSE.
+fn connection_closed(t: &Transition) -> bool {
+    t.new == TcpState::CLOSE && t.old != TcpState::LISTEN
+}
+
+#[derive(Clone, Debug)]
+pub struct Aggregator {
+    pub sockets: SocketTable,
+    pub time_in_state: Vec<Histogram<u64>>,
+    pub lifetime: Histogram<u64>,
+    pub closes: Sides,
+    /// Connections that closed with no side: failed connects and sockets
+    /// first seen as they closed.
+    pub closes_unknown: u64,
+    pub closes_by_process: CappedTable<ProcessKey, Sides>,
+    pub closes_by_comm: CappedTable<Option<String>, Sides>,
+    pub closes_by_lport: CappedTable<u16, Sides>,
+    pub closes_by_raddr: CappedTable<IpAddr, Sides>,
+    pub time_wait: u64,
+    pub time_wait_by_process: CappedTable<ProcessKey, u64>,
+    pub time_wait_by_lport: CappedTable<u16, u64>,
+    pub time_wait_by_remote: CappedTable<SocketAddr, u64>,
+    /// Transitions observed in userspace.
+    pub events: u64,
+    table_cap: usize,
+}
+
+impl Aggregator {
+    pub fn new(table_cap: usize, socket_cap: usize) -> Self {
+        Self {
+            sockets: SocketTable::new(socket_cap),
+            time_in_state: (0..TCP_STATE_COUNT).map(|_| histogram()).collect(),
+            lifetime: histogram(),
+            closes: Sides::default(),
+            closes_unknown: 0,
+            closes_by_process: CappedTable::new(table_cap),
+            closes_by_comm: CappedTable::new(table_cap),
+            closes_by_lport: CappedTable::new(table_cap),
+            closes_by_raddr: CappedTable::new(table_cap),
+            time_wait: 0,
+            time_wait_by_process: CappedTable::new(table_cap),
+            time_wait_by_lport: CappedTable::new(table_cap),
+            time_wait_by_remote: CappedTable::new(table_cap),
+            events: 0,
+            table_cap,
+        }
+    }
+
+    /// Forgets everything but the sockets being followed (the `r` key in top).
+    pub fn reset(&mut self) {
+        let sockets = std::mem::replace(&mut self.sockets, SocketTable::new(0));
+        *self = Self::new(self.table_cap, sockets.cap);
+        self.sockets = sockets;
+    }
+
+    pub fn observe(&mut self, t: &Transition) {
+        self.events += 1;
+        self.sockets.observe(t);
+        if let Some(ns) = t.in_old_state_ns {
+            self.time_in_state[t.old.0 as usize % TCP_STATE_COUNT].saturating_record(ns.max(HIST_LOW_NS));
+        }
+        if !connection_closed(t) {
+            return;
+        }
+        if t.seen_from_start {
+            self.lifetime.saturating_record(t.ts_ns.saturating_sub(t.first_seen_ns).max(HIST_LOW_NS));
+        }
+        let process = ProcessKey::of(t);
+        match t.close {
+            Some(side) => {
+                self.closes.add(side);
+                self.closes_by_process.entry(process.clone()).add(side);
+                self.closes_by_comm.entry(process.comm.clone()).add(side);
+                self.closes_by_lport.entry(t.sport).add(side);
+                self.closes_by_raddr.entry(t.daddr).add(side);
+            }
+            None => self.closes_unknown += 1,
+        }
+        if enters_time_wait(t) {
+            self.time_wait += 1;
+            *self.time_wait_by_process.entry(process) += 1;
+            *self.time_wait_by_lport.entry(t.sport) += 1;
+            *self.time_wait_by_remote.entry(SocketAddr::new(t.daddr, t.dport)) += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::transition::{Family, Owner};
+
+    pub(crate) fn step(skaddr: u64, old: TcpState, new: TcpState, close: Option<CloseSide>) -> Transition {
+        Transition {
+            ts_ns: 10_000_000_000,
+            skaddr,
+            family: Family::Ipv4,
+            saddr: "10.0.0.1".parse().unwrap(),
+            sport: 8080,
+            daddr: "10.0.0.2".parse().unwrap(),
+            dport: 40000 + (skaddr % 1000) as u16,
+            old,
+            new,
+            in_old_state_ns: Some(2_000_000),
+            first_seen_ns: 9_000_000_000,
+            seen_from_start: true,
+            owner: Some(Owner { pid: 7, comm: "nginx".into(), from_listener: false }),
+            close,
+        }
+    }
+
+    /// The server side of a connection it closes first.
+    pub(crate) fn server_closes_first(agg: &mut Aggregator, skaddr: u64) {
+        use TcpState as S;
+        let a = Some(CloseSide::Active);
+        for (old, new, close) in [
+            (S::LISTEN, S::SYN_RECV, None),
+            (S::SYN_RECV, S::ESTABLISHED, None),
+            (S::ESTABLISHED, S::FIN_WAIT1, a),
+            (S::FIN_WAIT1, S::FIN_WAIT2, a),
+            (S::FIN_WAIT2, S::CLOSE, a),
+        ] {
+            let mut t = step(skaddr, old, new, close);
+            // The kernel knows no duration for the listener's LISTEN.
+            if old == S::LISTEN {
+                t.in_old_state_ns = None;
+            }
+            agg.observe(&t);
+        }
+    }
+
+    #[test]
+    fn counts_closes_and_time_wait_producers() {
+        let mut agg = Aggregator::new(16, 1024);
+        for sk in 0..3 {
+            server_closes_first(&mut agg, sk);
+        }
+        let mut reset = step(99, TcpState::ESTABLISHED, TcpState::CLOSE, Some(CloseSide::Reset));
+        reset.owner = None;
+        agg.observe(&reset);
+        agg.observe(&step(100, TcpState::SYN_SENT, TcpState::CLOSE, None));
+
+        assert_eq!(agg.closes, Sides { active: 3, reset: 1, ..Default::default() });
+        assert_eq!(agg.closes_unknown, 1);
+        assert_eq!(agg.time_wait, 3);
+        let (rows, other) = agg.time_wait_by_process.top(10, |v| *v);
+        assert_eq!(rows, [(ProcessKey { pid: Some(7), comm: Some("nginx".into()) }, 3)]);
+        assert_eq!(other, 0);
+        assert_eq!(agg.time_wait_by_lport.top(10, |v| *v).0, [(8080, 3)]);
+        let (by_comm, _) = agg.closes_by_comm.top(10, Sides::total);
+        assert_eq!(by_comm.len(), 2, "nginx and the unknown owner");
+        // 3 sockets × 4 timed steps, and the reset's ESTABLISHED time.
+        assert_eq!(agg.time_in_state[TcpState::FIN_WAIT1.0 as usize].len(), 3);
+        assert_eq!(agg.lifetime.len(), 5);
+        assert!(agg.sockets.is_empty());
+    }
+
+    #[test]
+    fn socket_table_follows_states_and_forgets_closed_sockets() {
+        let mut agg = Aggregator::new(16, 2);
+        agg.observe(&step(1, TcpState::CLOSE, TcpState::SYN_SENT, None));
+        agg.observe(&step(1, TcpState::SYN_SENT, TcpState::ESTABLISHED, None));
+        agg.observe(&step(2, TcpState::CLOSE, TcpState::LISTEN, None));
+        agg.observe(&step(3, TcpState::CLOSE, TcpState::SYN_SENT, None));
+        assert_eq!(agg.sockets.len(), 2);
+        assert_eq!(agg.sockets.untracked, 1);
+        assert_eq!(agg.sockets.count(TcpState::ESTABLISHED), 1);
+        assert_eq!(agg.sockets.count(TcpState::LISTEN), 1);
+        agg.observe(&step(1, TcpState::ESTABLISHED, TcpState::CLOSE, Some(CloseSide::Reset)));
+        assert_eq!(agg.sockets.count(TcpState::ESTABLISHED), 0);
+        assert_eq!(agg.sockets.len(), 1);
+    }
+
+    #[test]
+    fn tables_are_capped_with_an_other_row() {
+        let mut table: CappedTable<u16, u64> = CappedTable::new(3);
+        for port in 0..10u16 {
+            *table.entry(port) += u64::from(port);
+        }
+        assert_eq!(table.len(), 3);
+        let (rows, other) = table.top(2, |v| *v);
+        assert_eq!(rows, [(2, 2), (1, 1)]);
+        // Row 0 plus ports 3..10, which came after the cap.
+        assert_eq!(other, (3..10).sum::<u64>());
+    }
+
+    #[test]
+    fn reset_keeps_followed_sockets() {
+        let mut agg = Aggregator::new(16, 16);
+        agg.observe(&step(1, TcpState::CLOSE, TcpState::LISTEN, None));
+        server_closes_first(&mut agg, 2);
+        agg.reset();
+        assert_eq!(agg.time_wait, 0);
+        assert_eq!(agg.events, 0);
+        assert_eq!(agg.sockets.count(TcpState::LISTEN), 1);
+    }
+
+    #[test]
+    fn percentiles_are_within_one_percent() {
+        let mut agg = Aggregator::new(16, 16);
+        for (i, ms) in [100u64, 200, 300, 400, 500].into_iter().enumerate() {
+            let mut t = step(i as u64, TcpState::CLOSE_WAIT, TcpState::LAST_ACK, Some(CloseSide::Passive));
+            t.in_old_state_ns = Some(ms * 1_000_000);
+            agg.observe(&t);
+        }
+        let h = &agg.time_in_state[TcpState::CLOSE_WAIT.0 as usize];
+        let p50 = h.value_at_quantile(0.5) as f64;
+        assert!((p50 / 300e6 - 1.0).abs() < 0.01, "{p50}");
+    }
+}

@@ -1,0 +1,294 @@
+//! One report shape for `stats` and every `top` refresh, so both show the
+//! same numbers. Serialised as the documented JSON; rendered as text by
+//! `sink::report`.
+
+use std::net::IpAddr;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::{
+    aggregate::{Aggregator, CappedTable, ProcessKey, Sides, Tally},
+    counters::KernelCounters,
+    transition::TcpState,
+};
+
+/// A ranked table: the top rows, and everything else summed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Ranked<R, V> {
+    pub rows: Vec<R>,
+    pub other: V,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProcessCount {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PortCount {
+    pub port: u16,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EndpointCount {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TimeWaitProducers {
+    /// Connections that entered TIME_WAIT (their active closer holds it).
+    pub total: u64,
+    pub by_process: Ranked<ProcessCount, u64>,
+    pub by_local_port: Ranked<PortCount, u64>,
+    pub by_remote: Ranked<EndpointCount, u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProcessSides {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    #[serde(flatten)]
+    pub sides: Sides,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CommSides {
+    pub comm: Option<String>,
+    #[serde(flatten)]
+    pub sides: Sides,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PortSides {
+    pub port: u16,
+    #[serde(flatten)]
+    pub sides: Sides,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AddrSides {
+    pub addr: IpAddr,
+    #[serde(flatten)]
+    pub sides: Sides,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Closes {
+    pub total: Sides,
+    /// Connections that closed without a side: failed connects, or sockets
+    /// first seen as they closed.
+    pub unknown: u64,
+    pub by_process: Ranked<ProcessSides, Sides>,
+    pub by_comm: Ranked<CommSides, Sides>,
+    pub by_local_port: Ranked<PortSides, Sides>,
+    pub by_remote_addr: Ranked<AddrSides, Sides>,
+}
+
+/// A distribution in nanoseconds. Percentiles and the maximum are upper
+/// bounds within 1 % (HdrHistogram's highest equivalent value); the minimum
+/// is a lower bound within 1 %.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Distribution {
+    pub count: u64,
+    pub min_ns: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+}
+
+impl Distribution {
+    fn of(h: &Histogram<u64>) -> Option<Self> {
+        (!h.is_empty()).then(|| Self {
+            count: h.len(),
+            min_ns: h.min(),
+            p50_ns: h.value_at_quantile(0.50),
+            p90_ns: h.value_at_quantile(0.90),
+            p99_ns: h.value_at_quantile(0.99),
+            max_ns: h.max(),
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StateDistribution {
+    pub state: &'static str,
+    #[serde(flatten)]
+    pub distribution: Distribution,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StateCount {
+    pub state: &'static str,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Sockets {
+    /// Sockets followed now, by state.
+    pub by_state: Vec<StateCount>,
+    pub followed: u64,
+    /// Sockets seen but not followed because the table was full.
+    pub untracked: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TransitionCount {
+    pub old: &'static str,
+    pub new: &'static str,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Losses {
+    pub events_received: u64,
+    /// Events lost because the ring buffer was full.
+    pub events_dropped: u64,
+    pub socket_insert_failed: u64,
+    pub unreadable_records: u64,
+    /// Tracepoint hits the kernel skipped (another BPF program was running).
+    pub tracepoint_hits_skipped: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    /// Seconds the aggregates cover.
+    pub elapsed_s: f64,
+    pub time_wait: TimeWaitProducers,
+    pub closes: Closes,
+    pub time_in_state: Vec<StateDistribution>,
+    /// From first sight to CLOSE, for connections seen from their start.
+    pub lifetime: Option<Distribution>,
+    pub sockets: Sockets,
+    /// Kernel counters: exact even when events were dropped.
+    pub transitions: Vec<TransitionCount>,
+    pub losses: Losses,
+}
+
+fn ranked<K, V, R>(table: &CappedTable<K, V>, n: usize, row: impl Fn(K, V) -> R) -> Ranked<R, V>
+where
+    K: std::hash::Hash + Eq + Clone + Ord,
+    V: Tally,
+{
+    let (rows, other) = table.top(n, V::score);
+    Ranked { rows: rows.into_iter().map(|(k, v)| row(k, v)).collect(), other }
+}
+
+/// States in the order a connection meets them, for reading.
+const STATE_ORDER: [TcpState; 11] = [
+    TcpState::LISTEN,
+    TcpState::SYN_SENT,
+    TcpState::SYN_RECV,
+    TcpState::ESTABLISHED,
+    TcpState::FIN_WAIT1,
+    TcpState::FIN_WAIT2,
+    TcpState::CLOSING,
+    TcpState::TIME_WAIT,
+    TcpState::CLOSE_WAIT,
+    TcpState::LAST_ACK,
+    TcpState::CLOSE,
+];
+
+impl Report {
+    pub fn build(agg: &Aggregator, counters: &KernelCounters, top: usize, elapsed_s: f64) -> Self {
+        let process = |k: ProcessKey| (k.pid, k.comm);
+        Self {
+            elapsed_s,
+            time_wait: TimeWaitProducers {
+                total: agg.time_wait,
+                by_process: ranked(&agg.time_wait_by_process, top, |k, count| {
+                    let (pid, comm) = process(k);
+                    ProcessCount { pid, comm, count }
+                }),
+                by_local_port: ranked(&agg.time_wait_by_lport, top, |port, count| PortCount { port, count }),
+                by_remote: ranked(&agg.time_wait_by_remote, top, |ep, count| EndpointCount {
+                    addr: ep.ip(),
+                    port: ep.port(),
+                    count,
+                }),
+            },
+            closes: Closes {
+                total: agg.closes,
+                unknown: agg.closes_unknown,
+                by_process: ranked(&agg.closes_by_process, top, |k, sides| {
+                    let (pid, comm) = process(k);
+                    ProcessSides { pid, comm, sides }
+                }),
+                by_comm: ranked(&agg.closes_by_comm, top, |comm, sides| CommSides { comm, sides }),
+                by_local_port: ranked(&agg.closes_by_lport, top, |port, sides| PortSides { port, sides }),
+                by_remote_addr: ranked(&agg.closes_by_raddr, top, |addr, sides| AddrSides { addr, sides }),
+            },
+            time_in_state: STATE_ORDER
+                .iter()
+                .filter_map(|&s| {
+                    Distribution::of(&agg.time_in_state[s.0 as usize])
+                        .map(|distribution| StateDistribution { state: s.name(), distribution })
+                })
+                .collect(),
+            lifetime: Distribution::of(&agg.lifetime),
+            sockets: Sockets {
+                by_state: STATE_ORDER
+                    .iter()
+                    .map(|&s| StateCount { state: s.name(), count: agg.sockets.count(s) })
+                    .filter(|c| c.count > 0)
+                    .collect(),
+                followed: agg.sockets.len() as u64,
+                untracked: agg.sockets.untracked,
+            },
+            transitions: counters
+                .transitions
+                .iter()
+                .map(|(&(old, new), &count)| TransitionCount { old: old.name(), new: new.name(), count })
+                .collect(),
+            losses: Losses {
+                events_received: counters.received,
+                events_dropped: counters.ringbuf_full,
+                socket_insert_failed: counters.socket_insert_failed,
+                unreadable_records: counters.read_failed,
+                tracepoint_hits_skipped: counters.recursion_misses,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::aggregate::tests::server_closes_first;
+
+    #[test]
+    fn report_leads_with_the_answers() {
+        let mut agg = Aggregator::new(2, 64);
+        for sk in 0..4 {
+            server_closes_first(&mut agg, sk);
+        }
+        let mut counters = KernelCounters { received: 20, ringbuf_full: 1, ..Default::default() };
+        counters.transitions.insert((TcpState::FIN_WAIT2, TcpState::CLOSE), 4);
+        let r = Report::build(&agg, &counters, 1, 2.0);
+        assert_eq!(r.time_wait.total, 4);
+        assert_eq!(
+            r.time_wait.by_process.rows,
+            [ProcessCount { pid: Some(7), comm: Some("nginx".into()), count: 4 }]
+        );
+        // Four remote endpoints, two rows kept by the cap, one shown: the rest is "other".
+        assert_eq!(r.time_wait.by_remote.rows.len(), 1);
+        assert_eq!(r.time_wait.by_remote.rows[0].count + r.time_wait.by_remote.other, 4);
+        assert_eq!(r.closes.total.active, 4);
+        assert_eq!(r.transitions, [TransitionCount { old: "FIN_WAIT2", new: "CLOSE", count: 4 }]);
+        assert_eq!(r.losses.events_dropped, 1);
+        let states: Vec<_> = r.time_in_state.iter().map(|d| d.state).collect();
+        assert_eq!(states, ["SYN_RECV", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"]);
+
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["closes"]["by_process"]["rows"][0]["active"], 4);
+        let p50 = json["time_in_state"][0]["p50_ns"].as_u64().unwrap() as f64;
+        assert!((2e6..2e6 * 1.01).contains(&p50), "{p50}");
+        assert!(json["lifetime"]["count"].as_u64() == Some(4));
+    }
+}

@@ -1,0 +1,443 @@
+//! `top` on a terminal: a full-screen dashboard, refreshed every interval.
+//! Keys: q/Esc quit, r reset, s sort the closes table, g group the
+//! TIME_WAIT producers.
+
+use std::{
+    io,
+    time::{Duration, Instant},
+};
+
+use ratatui::{
+    DefaultTerminal, Frame,
+    crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
+    layout::{Constraint, Layout},
+    style::{Color, Modifier, Style, Stylize as _},
+    text::{Line, Span},
+    widgets::{Block, Paragraph, Row, Table},
+};
+
+use super::{Flow, Sink, periodic::rates};
+use crate::model::{
+    aggregate::{Aggregator, Sides},
+    clock::Clock,
+    counters::KernelCounters,
+    report::Report,
+    transition::{CloseSide, Transition},
+};
+
+/// How the TIME_WAIT producers are grouped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grouping {
+    Process,
+    LocalPort,
+    Remote,
+}
+
+impl Grouping {
+    fn next(self) -> Self {
+        match self {
+            Self::Process => Self::LocalPort,
+            Self::LocalPort => Self::Remote,
+            Self::Remote => Self::Process,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Process => "process",
+            Self::LocalPort => "local port",
+            Self::Remote => "remote",
+        }
+    }
+}
+
+/// Which column sorts the closes-by-process table: a side, or the total.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SortKey(Option<CloseSide>);
+
+impl SortKey {
+    fn next(self) -> Self {
+        Self(match self.0 {
+            None => Some(CloseSide::Active),
+            Some(CloseSide::Active) => Some(CloseSide::Passive),
+            Some(CloseSide::Passive) => Some(CloseSide::Simultaneous),
+            Some(CloseSide::Simultaneous) => Some(CloseSide::Reset),
+            Some(CloseSide::Reset) => None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        self.0.map_or("total", CloseSide::name)
+    }
+
+    fn score(self, s: &Sides) -> u64 {
+        self.0.map_or(s.total(), |side| s.get(side))
+    }
+}
+
+/// What one frame shows; built at each refresh.
+pub struct View {
+    pub report: Report,
+    pub rates: Vec<(String, f64)>,
+    pub closes_by_process: Vec<(String, Sides)>,
+    pub grouping: Grouping,
+    pub sort: SortKey,
+    pub interval: Duration,
+    pub time: String,
+}
+
+pub struct Dashboard {
+    pub aggregator: Aggregator,
+    terminal: Option<DefaultTerminal>,
+    interval: Duration,
+    rows: usize,
+    grouping: Grouping,
+    sort: SortKey,
+    /// Counters at the last reset: the view shows what came since.
+    baseline: KernelCounters,
+    last: (Instant, KernelCounters),
+    since: Instant,
+    clock: Clock,
+    due: Instant,
+}
+
+impl Dashboard {
+    pub fn new(aggregator: Aggregator, interval: Duration, rows: usize) -> io::Result<Self> {
+        let terminal = ratatui::try_init()?;
+        let now = Instant::now();
+        Ok(Self {
+            aggregator,
+            terminal: Some(terminal),
+            interval,
+            rows,
+            grouping: Grouping::Process,
+            sort: SortKey(None),
+            baseline: KernelCounters::default(),
+            last: (now, KernelCounters::default()),
+            since: now,
+            clock: Clock::new(),
+            due: now,
+        })
+    }
+
+    fn view(&mut self, counters: &KernelCounters) -> View {
+        let shown = counters.since(&self.baseline);
+        let now = Instant::now();
+        let rates = rates(counters, &self.last.1, now.duration_since(self.last.0).as_secs_f64())
+            .into_iter()
+            .map(|r| (format!("{} -> {}", r.old, r.new), r.per_s))
+            .collect();
+        self.last = (now, counters.clone());
+        let sort = self.sort;
+        let (rows, _) = self.aggregator.closes_by_process.top(self.rows, |s| sort.score(s));
+        View {
+            report: Report::build(&self.aggregator, &shown, self.rows, self.since.elapsed().as_secs_f64()),
+            rates,
+            closes_by_process: rows
+                .into_iter()
+                .map(|(k, s)| {
+                    (
+                        format!(
+                            "{:<7} {}",
+                            k.pid.map_or("-".into(), |p| p.to_string()),
+                            k.comm.unwrap_or("?".into())
+                        ),
+                        s,
+                    )
+                })
+                .collect(),
+            grouping: self.grouping,
+            sort: self.sort,
+            interval: self.interval,
+            time: self.clock.rfc3339(Clock::monotonic_now_ns()),
+        }
+    }
+
+    /// Handles waiting keys; `Stop` on quit.
+    fn keys(&mut self, counters: &dyn Fn() -> io::Result<KernelCounters>) -> io::Result<Flow> {
+        while event::poll(Duration::ZERO)? {
+            let Event::Key(key) = event::read()? else { continue };
+            if key.kind != KeyEventKind::Press {
+                continue;
+            }
+            match key.code {
+                KeyCode::Char('q') | KeyCode::Esc => return Ok(Flow::Stop),
+                KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => return Ok(Flow::Stop),
+                KeyCode::Char('r') => {
+                    self.aggregator.reset();
+                    self.baseline = counters()?;
+                    self.since = Instant::now();
+                }
+                KeyCode::Char('s') => self.sort = self.sort.next(),
+                KeyCode::Char('g') => self.grouping = self.grouping.next(),
+                _ => continue,
+            }
+            self.due = Instant::now();
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+impl Drop for Dashboard {
+    fn drop(&mut self) {
+        if self.terminal.take().is_some() {
+            ratatui::restore();
+        }
+    }
+}
+
+impl Sink for Dashboard {
+    fn transition(&mut self, t: &Transition) -> io::Result<()> {
+        self.aggregator.observe(t);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn tick(&mut self, counters: &dyn Fn() -> io::Result<KernelCounters>) -> io::Result<Flow> {
+        if self.keys(counters)? == Flow::Stop {
+            return Ok(Flow::Stop);
+        }
+        if Instant::now() >= self.due {
+            self.due = Instant::now() + self.interval;
+            let view = self.view(&counters()?);
+            if let Some(terminal) = &mut self.terminal {
+                terminal.draw(|frame| draw(frame, &view))?;
+            }
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+fn ms(ns: u64) -> String {
+    format!("{:.3}", ns as f64 / 1e6)
+}
+
+fn header(cells: &[&'static str]) -> Row<'static> {
+    Row::new(cells.to_vec()).style(Style::new().add_modifier(Modifier::BOLD))
+}
+
+pub fn draw(frame: &mut Frame<'_>, v: &View) {
+    let r = &v.report;
+    let [title, top, middle, bottom, help] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(10),
+        Constraint::Min(8),
+        Constraint::Length(r.time_in_state.len() as u16 + 4),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+
+    let mut spans = vec![
+        Span::raw(format!(
+            " tcpstate top  {}  every {:?}  {:.0} s  events {}  ",
+            v.time, v.interval, r.elapsed_s, r.losses.events_received
+        ))
+        .bold(),
+    ];
+    if r.losses.events_dropped > 0 {
+        spans.push(
+            Span::raw(format!(" DROPPED {} (raise --ring-size) ", r.losses.events_dropped))
+                .style(Style::new().fg(Color::White).bg(Color::Red).add_modifier(Modifier::BOLD)),
+        );
+    } else {
+        spans.push(Span::raw("dropped 0"));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), title);
+
+    let [states, rates, sides] =
+        Layout::horizontal([Constraint::Length(26), Constraint::Min(30), Constraint::Length(30)]).areas(top);
+    let state_rows =
+        r.sockets.by_state.iter().map(|c| Row::new(vec![c.state.to_string(), c.count.to_string()]));
+    frame.render_widget(
+        Table::new(state_rows, [Constraint::Length(12), Constraint::Length(10)])
+            .header(header(&["STATE", "SOCKETS"]))
+            .block(Block::bordered().title(format!("Followed: {}", r.sockets.followed))),
+        states,
+    );
+    let rate_rows = v.rates.iter().map(|(pair, per_s)| Row::new(vec![pair.clone(), format!("{per_s:.0}")]));
+    frame.render_widget(
+        Table::new(rate_rows, [Constraint::Length(26), Constraint::Length(10)])
+            .header(header(&["TRANSITION", "PER S"]))
+            .block(Block::bordered().title("Transitions/s")),
+        rates,
+    );
+    let c = &r.closes.total;
+    let side_rows =
+        [("active", c.active), ("passive", c.passive), ("simultaneous", c.simultaneous), ("reset", c.reset)]
+            .map(|(n, v)| Row::new(vec![n.to_string(), v.to_string()]));
+    frame.render_widget(
+        Table::new(side_rows, [Constraint::Length(14), Constraint::Length(10)])
+            .header(header(&["SIDE", "CLOSES"]))
+            .block(Block::bordered().title(format!("Closes ({} no side)", r.closes.unknown))),
+        sides,
+    );
+
+    let [producers, closes] =
+        Layout::horizontal([Constraint::Percentage(45), Constraint::Percentage(55)]).areas(middle);
+    let tw = &r.time_wait;
+    let tw_rows: Vec<Row<'_>> = match v.grouping {
+        Grouping::Process => tw
+            .by_process
+            .rows
+            .iter()
+            .map(|p| {
+                let who = format!(
+                    "{:<7} {}",
+                    p.pid.map_or("-".into(), |x| x.to_string()),
+                    p.comm.as_deref().unwrap_or("?")
+                );
+                Row::new(vec![who, p.count.to_string()])
+            })
+            .collect(),
+        Grouping::LocalPort => tw
+            .by_local_port
+            .rows
+            .iter()
+            .map(|p| Row::new(vec![p.port.to_string(), p.count.to_string()]))
+            .collect(),
+        Grouping::Remote => tw
+            .by_remote
+            .rows
+            .iter()
+            .map(|e| {
+                Row::new(vec![std::net::SocketAddr::new(e.addr, e.port).to_string(), e.count.to_string()])
+            })
+            .collect(),
+    };
+    frame.render_widget(
+        Table::new(tw_rows, [Constraint::Min(24), Constraint::Length(10)])
+            .header(header(&["BY", "TIME_WAIT"]))
+            .block(Block::bordered().title(format!(
+                "TIME_WAIT producers: {} (g: by {})",
+                tw.total,
+                v.grouping.name()
+            ))),
+        producers,
+    );
+    let close_rows = v.closes_by_process.iter().map(|(who, s)| {
+        Row::new(vec![
+            who.clone(),
+            s.active.to_string(),
+            s.passive.to_string(),
+            s.simultaneous.to_string(),
+            s.reset.to_string(),
+        ])
+    });
+    frame.render_widget(
+        Table::new(
+            close_rows,
+            [
+                Constraint::Min(20),
+                Constraint::Length(8),
+                Constraint::Length(8),
+                Constraint::Length(8),
+                Constraint::Length(8),
+            ],
+        )
+        .header(header(&["PID     COMM", "ACTIVE", "PASSIVE", "SIMULT", "RESET"]))
+        .block(Block::bordered().title(format!("Closes by process (s: sorted by {})", v.sort.name()))),
+        closes,
+    );
+
+    let dist_rows = r.time_in_state.iter().map(|d| {
+        let x = &d.distribution;
+        Row::new(vec![
+            d.state.to_string(),
+            x.count.to_string(),
+            ms(x.min_ns),
+            ms(x.p50_ns),
+            ms(x.p90_ns),
+            ms(x.p99_ns),
+            ms(x.max_ns),
+        ])
+    });
+    frame.render_widget(
+        Table::new(
+            dist_rows,
+            [
+                Constraint::Length(12),
+                Constraint::Length(9),
+                Constraint::Length(11),
+                Constraint::Length(11),
+                Constraint::Length(11),
+                Constraint::Length(11),
+                Constraint::Length(11),
+            ],
+        )
+        .header(header(&["STATE", "COUNT", "MIN ms", "P50 ms", "P90 ms", "P99 ms", "MAX ms"]))
+        .block(Block::bordered().title("Time in state")),
+        bottom,
+    );
+    frame.render_widget(
+        Paragraph::new(" q quit   r reset   s sort closes   g group TIME_WAIT producers").dim(),
+        help,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use ratatui::{Terminal, backend::TestBackend};
+
+    use super::*;
+    use crate::model::aggregate::tests::server_closes_first;
+
+    fn view(dropped: u64) -> View {
+        let mut agg = Aggregator::new(16, 64);
+        for sk in 0..3 {
+            server_closes_first(&mut agg, sk);
+        }
+        let counters = KernelCounters { received: 15, ringbuf_full: dropped, ..Default::default() };
+        View {
+            report: Report::build(&agg, &counters, 10, 3.0),
+            rates: vec![("FIN_WAIT2 -> CLOSE".into(), 3.0)],
+            closes_by_process: vec![("7       nginx".into(), agg.closes)],
+            grouping: Grouping::Process,
+            sort: SortKey(None),
+            interval: Duration::from_secs(1),
+            time: "2026-11-27T00:00:00.000000Z".into(),
+        }
+    }
+
+    fn screen(v: &View) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(130, 40)).unwrap();
+        terminal.draw(|f| draw(f, v)).unwrap();
+        let buffer = terminal.backend().buffer().clone();
+        (0..buffer.area.height)
+            .map(|y| {
+                (0..buffer.area.width).map(|x| buffer[(x, y)].symbol().to_string()).collect::<String>() + "\n"
+            })
+            .collect()
+    }
+
+    #[test]
+    fn shows_producers_sides_and_percentiles() {
+        let text = screen(&view(0));
+        assert!(text.contains("TIME_WAIT producers: 3"), "{text}");
+        assert!(text.contains("7       nginx"), "{text}");
+        assert!(text.contains("FIN_WAIT2 -> CLOSE"), "{text}");
+        assert!(text.contains("FIN_WAIT1"), "{text}");
+        assert!(text.contains("dropped 0"), "{text}");
+        assert!(text.contains("q quit"), "{text}");
+    }
+
+    #[test]
+    fn drops_are_prominent() {
+        assert!(screen(&view(42)).contains("DROPPED 42"));
+    }
+
+    #[test]
+    fn keys_cycle() {
+        assert_eq!(Grouping::Process.next().next().next(), Grouping::Process);
+        let mut s = SortKey(None);
+        let names: Vec<_> = (0..5)
+            .map(|_| {
+                s = s.next();
+                s.name()
+            })
+            .collect();
+        assert_eq!(names, ["active", "passive", "simultaneous", "reset", "total"]);
+    }
+}

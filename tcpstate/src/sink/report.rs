@@ -1,0 +1,174 @@
+//! Text rendering of a [`Report`]: the answers first, then the detail.
+
+use std::fmt::{self, Write};
+
+use crate::model::{
+    aggregate::Sides,
+    report::{Distribution, Ranked, Report},
+};
+
+fn owner(pid: Option<u32>, comm: &Option<String>) -> (String, String) {
+    (pid.map_or("-".into(), |p| p.to_string()), comm.clone().unwrap_or_else(|| "(unknown)".into()))
+}
+
+fn ms(ns: u64) -> String {
+    format!("{:.3}", ns as f64 / 1e6)
+}
+
+/// A one-count table: key columns already formatted, then the count.
+fn count_table<R>(
+    out: &mut impl Write,
+    header: &str,
+    table: &Ranked<R, u64>,
+    row: impl Fn(&R) -> (String, u64),
+) -> fmt::Result {
+    writeln!(out, "  {header:<46} {:>10}", "TIME_WAIT")?;
+    for r in &table.rows {
+        let (key, n) = row(r);
+        writeln!(out, "  {key:<46} {n:>10}")?;
+    }
+    if table.other > 0 {
+        writeln!(out, "  {:<46} {:>10}", "(other)", table.other)?;
+    }
+    Ok(())
+}
+
+fn sides_row(out: &mut impl Write, key: &str, s: &Sides) -> fmt::Result {
+    writeln!(out, "  {key:<38} {:>9} {:>9} {:>9} {:>9}", s.active, s.passive, s.simultaneous, s.reset)
+}
+
+fn sides_table<R>(
+    out: &mut impl Write,
+    header: &str,
+    table: &Ranked<R, Sides>,
+    row: impl Fn(&R) -> (String, Sides),
+) -> fmt::Result {
+    writeln!(out, "  {header:<38} {:>9} {:>9} {:>9} {:>9}", "ACTIVE", "PASSIVE", "SIMULT", "RESET")?;
+    for r in &table.rows {
+        let (key, sides) = row(r);
+        sides_row(out, &key, &sides)?;
+    }
+    if table.other.total() > 0 {
+        sides_row(out, "(other)", &table.other)?;
+    }
+    Ok(())
+}
+
+fn distribution_row(out: &mut impl Write, name: &str, d: &Distribution) -> fmt::Result {
+    writeln!(
+        out,
+        "  {name:<12} {:>9} {:>11} {:>11} {:>11} {:>11} {:>11}",
+        d.count,
+        ms(d.min_ns),
+        ms(d.p50_ns),
+        ms(d.p90_ns),
+        ms(d.p99_ns),
+        ms(d.max_ns)
+    )
+}
+
+pub fn render(out: &mut impl Write, r: &Report) -> fmt::Result {
+    let tw = &r.time_wait;
+    writeln!(
+        out,
+        "TIME_WAIT producers: {} connections entered TIME_WAIT, held by their active closer",
+        tw.total
+    )?;
+    count_table(out, "PID      COMM", &tw.by_process, |p| {
+        let (pid, comm) = owner(p.pid, &p.comm);
+        (format!("{pid:<8} {comm}"), p.count)
+    })?;
+    count_table(out, "LPORT", &tw.by_local_port, |p| (p.port.to_string(), p.count))?;
+    count_table(out, "REMOTE", &tw.by_remote, |e| {
+        (std::net::SocketAddr::new(e.addr, e.port).to_string(), e.count)
+    })?;
+
+    let c = &r.closes;
+    writeln!(
+        out,
+        "\nCloses by side: {} connections ({} without a side: failed connects)",
+        c.total.total() + c.unknown,
+        c.unknown
+    )?;
+    sides_row(out, "all", &c.total)?;
+    sides_table(out, "PID      COMM", &c.by_process, |p| {
+        let (pid, comm) = owner(p.pid, &p.comm);
+        (format!("{pid:<8} {comm}"), p.sides)
+    })?;
+    sides_table(out, "COMM", &c.by_comm, |p| (owner(None, &p.comm).1, p.sides))?;
+    sides_table(out, "LPORT", &c.by_local_port, |p| (p.port.to_string(), p.sides))?;
+    sides_table(out, "RADDR", &c.by_remote_addr, |p| (p.addr.to_string(), p.sides))?;
+
+    writeln!(out, "\nTime in state (ms, ±1 %)")?;
+    writeln!(
+        out,
+        "  {:<12} {:>9} {:>11} {:>11} {:>11} {:>11} {:>11}",
+        "STATE", "COUNT", "MIN", "P50", "P90", "P99", "MAX"
+    )?;
+    for d in &r.time_in_state {
+        distribution_row(out, d.state, &d.distribution)?;
+    }
+    if let Some(life) = &r.lifetime {
+        distribution_row(out, "(lifetime)", life)?;
+    }
+
+    let s = &r.sockets;
+    write!(out, "\nSockets followed now: {}", s.followed)?;
+    for c in &s.by_state {
+        write!(out, "  {} {}", c.state, c.count)?;
+    }
+    if s.untracked > 0 {
+        write!(out, "  (not followed, table full: {})", s.untracked)?;
+    }
+    writeln!(out)?;
+
+    writeln!(out, "\nTransitions (kernel counters)")?;
+    for t in &r.transitions {
+        writeln!(out, "  {:<11} -> {:<11} {:>12}", t.old, t.new, t.count)?;
+    }
+
+    let l = &r.losses;
+    let skipped = l.tracepoint_hits_skipped.map_or("n/a".into(), |n| n.to_string());
+    let warn = if l.events_dropped > 0 { "  ** EVENTS DROPPED: raise --ring-size **" } else { "" };
+    writeln!(
+        out,
+        "\nEvents: received {}, dropped {}, socket-table insert failures {}, unreadable {}, tracepoint hits skipped {}{warn}",
+        l.events_received, l.events_dropped, l.socket_insert_failed, l.unreadable_records, skipped
+    )?;
+    writeln!(out, "Covers {:.1} s.", r.elapsed_s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        aggregate::{Aggregator, tests::server_closes_first},
+        counters::KernelCounters,
+    };
+
+    #[test]
+    fn renders_answers_first() {
+        let mut agg = Aggregator::new(16, 64);
+        for sk in 0..3 {
+            server_closes_first(&mut agg, sk);
+        }
+        let counters = KernelCounters { received: 15, ringbuf_full: 2, ..Default::default() };
+        let mut text = String::new();
+        render(&mut text, &Report::build(&agg, &counters, 10, 1.0)).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "TIME_WAIT producers: 3 connections entered TIME_WAIT, held by their active closer"
+        );
+        assert!(lines[2].starts_with("  7        nginx") && lines[2].ends_with(" 3"), "{}", lines[2]);
+        let fields = |prefix: &str| -> Vec<&str> {
+            let line = lines.iter().find(|l| l.trim_start().starts_with(prefix)).expect(prefix);
+            line.split_whitespace().collect()
+        };
+        assert_eq!(fields("all"), ["all", "3", "0", "0", "0"]);
+        let fin1 = fields("FIN_WAIT1");
+        assert_eq!(fin1[1], "3");
+        assert!(fin1[3].starts_with("2.0"), "{fin1:?}");
+        assert!(text.contains("EVENTS DROPPED"));
+    }
+}

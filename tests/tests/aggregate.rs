@@ -1,0 +1,240 @@
+//! `tcpstate stats` and `tcpstate top` against the real kernel, with known
+//! numbers.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tcpstate::{
+    model::aggregate::{Aggregator, DEFAULT_TABLE_CAP},
+    source::tracer::Filters,
+};
+use tcpstate_tests::*;
+
+/// Rows of a ranked table as (comm, value of `field`).
+fn by_comm(table: &Value, field: &str) -> Vec<(String, u64)> {
+    let mut rows: Vec<_> = table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["comm"].as_str().unwrap_or("?").to_string(), r[field].as_u64().unwrap()))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// A makes 20 connections and closes each first; B makes 10 that S closes
+/// first; C makes 5 and aborts them. `stats` and `top` watch the same run.
+#[test]
+fn fixed_scenario_counts_sides_and_time_wait_producers() {
+    if !kernel_tests_possible("fixed_scenario") {
+        return;
+    }
+    let ns = Netns::new("agg");
+    let (pa, ps, pc) = (unique_port(), unique_port(), unique_port());
+    let ports = format!("{pa},{ps},{pc}");
+    let common = ["--port", ports.as_str(), "--duration", "5"];
+    let stats = CommandRun::start(&[&["stats", "--json"][..], &common].concat());
+    let top_json = CommandRun::start(&[&["top", "--json", "--interval", "1"][..], &common].concat());
+    let top_text = CommandRun::start(&[&["top", "--interval", "1"][..], &common].concat());
+
+    let (a_addr, s_addr, c_addr) =
+        (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{ps}"), format!("127.0.0.1:{pc}"));
+    let servers = [
+        Peer::server(
+            &ns,
+            "tsp-srv-a",
+            &["server", "--listen", &a_addr, "--count", "20", "--close", "second"],
+        ),
+        Peer::server(&ns, "tsp-s", &["server", "--listen", &s_addr, "--count", "10", "--close", "first"]),
+        Peer::server(&ns, "tsp-srv-c", &["server", "--listen", &c_addr, "--count", "5", "--close", "second"]),
+    ];
+    let clients = [
+        Peer::spawn(
+            &ns,
+            "tsp-a",
+            false,
+            &["client", "--connect", &a_addr, "--count", "20", "--close", "first"],
+        ),
+        Peer::spawn(
+            &ns,
+            "tsp-b",
+            false,
+            &["client", "--connect", &s_addr, "--count", "10", "--close", "second"],
+        ),
+        Peer::spawn(
+            &ns,
+            "tsp-c",
+            false,
+            &["client", "--connect", &c_addr, "--count", "5", "--close", "abort"],
+        ),
+    ];
+    for peer in clients.into_iter().chain(servers) {
+        peer.finish();
+    }
+
+    let report: Value = serde_json::from_str(&stats.output()).expect("one JSON document");
+    let tw = &report["time_wait"];
+    assert_eq!(tw["total"], 30, "{tw}");
+    assert_eq!(by_comm(&tw["by_process"], "count"), [("tsp-a".into(), 20), ("tsp-s".into(), 10)]);
+    assert_eq!(tw["by_local_port"]["rows"][0], serde_json::json!({"port": ps, "count": 10}));
+
+    let closes = &report["closes"];
+    assert_eq!(
+        closes["total"],
+        serde_json::json!({"active": 30, "passive": 30, "simultaneous": 0, "reset": 10})
+    );
+    assert_eq!(closes["unknown"], 0);
+    let by_process = &closes["by_process"];
+    assert_eq!(by_comm(by_process, "active"), [("tsp-a".into(), 20), ("tsp-s".into(), 10)]);
+    assert_eq!(by_comm(by_process, "passive"), [("tsp-b".into(), 10), ("tsp-srv-a".into(), 20)]);
+    assert_eq!(by_comm(by_process, "reset"), [("tsp-c".into(), 5), ("tsp-srv-c".into(), 5)]);
+    assert_eq!(by_comm(&closes["by_comm"], "active"), [("tsp-a".into(), 20), ("tsp-s".into(), 10)]);
+
+    let transitions = report["transitions"].as_array().unwrap();
+    let count = |old: &str, new: &str| {
+        transitions
+            .iter()
+            .find(|t| t["old"] == old && t["new"] == new)
+            .map_or(0, |t| t["count"].as_u64().unwrap())
+    };
+    assert_eq!(count("ESTABLISHED", "FIN_WAIT1"), 30);
+    assert_eq!(count("ESTABLISHED", "CLOSE_WAIT"), 30);
+    assert_eq!(count("ESTABLISHED", "CLOSE"), 10);
+    assert_eq!(count("CLOSE", "SYN_SENT"), 35);
+    assert_eq!(report["losses"]["events_dropped"], 0);
+    assert_eq!(report["sockets"]["followed"], 0, "every socket closed");
+    assert!(report["time_in_state"].as_array().unwrap().iter().any(|d| d["state"] == "ESTABLISHED"));
+    assert_eq!(report["lifetime"]["count"], 70);
+
+    // top, off a terminal, ends with a document holding the same numbers.
+    let top_docs: Vec<Value> = top_json.output().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(top_docs.len() >= 4, "one per second and a final one: {}", top_docs.len());
+    let last = top_docs.last().unwrap();
+    for key in ["time_wait", "closes", "transitions", "sockets"] {
+        assert_eq!(last[key], report[key], "{key} differs between top and stats");
+    }
+    // Each tracer takes its own timestamps, so compare the distributions'
+    // counts, not their nanoseconds.
+    let counts = |doc: &Value| -> Vec<(Value, Value)> {
+        doc["time_in_state"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| (d["state"].clone(), d["count"].clone()))
+            .collect()
+    };
+    assert_eq!(counts(last), counts(&report));
+    assert_eq!(last["lifetime"]["count"], report["lifetime"]["count"]);
+    assert_eq!(last["losses"]["events_received"], report["losses"]["events_received"]);
+    assert!(last["rates"].is_array());
+
+    let text = top_text.output();
+    let blocks: Vec<&str> = text.split("--- tcpstate top ").filter(|b| !b.is_empty()).collect();
+    assert!(blocks.len() >= 4, "{text}");
+    let final_block = blocks.last().unwrap();
+    assert!(final_block.contains("TIME_WAIT producers: 30 connections"), "{final_block}");
+    let row = |comm: &str| {
+        final_block
+            .lines()
+            .find(|l| l.contains(comm) && l.trim_end().ends_with(char::is_numeric))
+            .map(str::to_string)
+    };
+    assert!(row("tsp-a").unwrap().trim_end().ends_with(" 20"), "{final_block}");
+}
+
+/// A server that holds each connection in CLOSE_WAIT for 200 ms.
+#[test]
+fn close_wait_hold_is_measured() {
+    if !kernel_tests_possible("close_wait_hold") {
+        return;
+    }
+    let ns = Netns::new("hold");
+    let port = unique_port();
+    let addr = format!("127.0.0.1:{port}");
+    let stats = CommandRun::start(&["stats", "--json", "--port", &port.to_string(), "--duration", "4"]);
+    let server = Peer::server(
+        &ns,
+        "tsp-hold",
+        &["server", "--listen", &addr, "--count", "6", "--close", "second", "--hold-ms", "200"],
+    );
+    // A pause longer than the hold, so no connection waits in the backlog.
+    Peer::spawn(
+        &ns,
+        "tsp-cli",
+        false,
+        &["client", "--connect", &addr, "--count", "6", "--close", "first", "--pause-ms", "300"],
+    )
+    .finish();
+    server.finish();
+    let report: Value = serde_json::from_str(&stats.output()).unwrap();
+    let close_wait =
+        report["time_in_state"].as_array().unwrap().iter().find(|d| d["state"] == "CLOSE_WAIT").cloned();
+    let close_wait = close_wait.expect("CLOSE_WAIT measured");
+    assert_eq!(close_wait["count"], 6);
+    let p50_ms = close_wait["p50_ns"].as_u64().unwrap() as f64 / 1e6;
+    assert!((200.0..=400.0).contains(&p50_ms), "CLOSE_WAIT p50 {p50_ms} ms");
+}
+
+/// 100k short connections leave the socket tables empty and the aggregate
+/// tables at their caps. Sizes only; no timing.
+#[test]
+fn memory_stays_bounded_over_100k_connections() {
+    if !kernel_tests_possible("memory_bounded") {
+        return;
+    }
+    const CONNECTIONS: u64 = 100_000;
+    let ns = Netns::new("churn");
+    let port = unique_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut tracer = start_tracer(Filters { ports: vec![port], ..Default::default() });
+    let mut agg = Aggregator::new(DEFAULT_TABLE_CAP, 1 << 18);
+    let n = CONNECTIONS.to_string();
+    // The server closes first, so its TIME_WAITs spread over every client port.
+    let server = Peer::server(
+        &ns,
+        "tsp-churn-s",
+        &["server", "--listen", &addr, "--count", &n, "--close", "first", "--timeout", "300"],
+    );
+    let client = Peer::spawn(
+        &ns,
+        "tsp-churn-c",
+        false,
+        &["client", "--connect", &addr, "--count", &n, "--close", "second", "--timeout", "300"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut peak_sockets = 0;
+    while !client.exited() && Instant::now() < deadline {
+        tracer
+            .drain(|t| -> Result<(), ()> {
+                agg.observe(&t);
+                Ok(())
+            })
+            .unwrap();
+        peak_sockets = peak_sockets.max(agg.sockets.len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    client.finish();
+    server.finish();
+    let events = collect(&mut tracer, Duration::from_secs(10), |e| {
+        e.iter().any(|t| t.old.name() == "LISTEN" && t.new.name() == "CLOSE")
+    });
+    for t in &events {
+        agg.observe(t);
+    }
+    let counters = tracer.counters().unwrap();
+    assert_eq!(counters.ringbuf_full, 0, "events dropped");
+    assert_eq!(agg.time_wait, CONNECTIONS);
+    assert_eq!(agg.closes.active + agg.closes.passive, 2 * CONNECTIONS);
+    // Per-socket state went as sockets closed.
+    assert_eq!(agg.sockets.len(), 0);
+    assert!(peak_sockets < 1000, "peak {peak_sockets} sockets followed at once");
+    assert_eq!(tracer.sockets_in_kernel().unwrap(), 0);
+    // Every aggregate table is capped; the overflow is counted, not kept.
+    assert_eq!(agg.time_wait_by_remote.len(), DEFAULT_TABLE_CAP);
+    let (_, other) = agg.time_wait_by_remote.top(10, |v| *v);
+    assert!(other > CONNECTIONS / 2, "other {other}");
+    assert!(agg.time_wait_by_process.len() <= 2);
+    assert!(agg.closes_by_raddr.len() <= 1);
+    assert!(agg.closes_by_lport.len() <= DEFAULT_TABLE_CAP);
+}
