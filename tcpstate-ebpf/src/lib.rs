@@ -237,7 +237,15 @@ pub struct RecordOffsets {
     pub daddr_v6: u16,
     /// 1 before Linux 5.6, 2 after.
     pub protocol_size: u16,
+    /// Bytes of the record that hold these fields, read in one go.
+    pub record_len: u16,
 }
+
+/// The program copies the record into a scratch buffer of this size and
+/// masks offsets with `RECORD_OFFSET_MASK`, so every field read stays in
+/// bounds whatever the offsets say.
+pub const RECORD_SCRATCH_LEN: usize = 144;
+pub const RECORD_OFFSET_MASK: u16 = 0x7f;
 
 /// Load-time configuration, the program's `CONFIG` global.
 #[repr(C)]
@@ -250,7 +258,6 @@ pub struct Config {
     pub offsets: RecordOffsets,
     pub family: u8,
     pub filters: u8,
-    pub _pad: [u8; 2],
 }
 
 impl Config {
@@ -270,10 +277,10 @@ impl Config {
                 saddr_v6: 0,
                 daddr_v6: 0,
                 protocol_size: 0,
+                record_len: 0,
             },
             family: FAMILY_ANY,
             filters: 0,
-            _pad: [0; 2],
         }
     }
 }
@@ -289,6 +296,8 @@ pub const MAP_PIDS: &str = "PIDS";
 pub const MAP_COMMS: &str = "COMMS";
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 pub const PROGRAM_NAME: &str = "inet_sock_set_state";
+/// An empty program on the same tracepoint, for the benchmark's floor.
+pub const NOOP_PROGRAM_NAME: &str = "noop";
 
 /// `TRANSITIONS` is indexed by `old * TRANSITION_STRIDE + new`.
 pub const TRANSITION_STRIDE: u32 = 16;
@@ -392,7 +401,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Event>(), 96);
         assert_eq!(core::mem::size_of::<SockRecord>(), 40);
         assert_eq!(core::mem::size_of::<Owner>(), 24);
-        assert_eq!(core::mem::size_of::<RecordOffsets>(), 20);
+        assert_eq!(core::mem::size_of::<RecordOffsets>(), 22);
         assert_eq!(core::mem::size_of::<Config>(), 32);
         assert!(transition_index(15, 15) < TRANSITION_SLOTS);
         assert_eq!(transition_index(TCP_ESTABLISHED, TCP_FIN_WAIT1), 16 + 4);

@@ -3,6 +3,7 @@
 //! Every task that builds runs `setup` first, so one command works on a
 //! fresh machine.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -40,6 +41,8 @@ enum Task {
     },
     /// rustfmt and clippy, host and eBPF sides
     Lint,
+    /// Measure tracer overhead under connection churn (root; not a test)
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Task::Run { args } => setup::setup().and_then(|()| build()).and_then(|bin| exec(&bin, &args)),
         Task::Test { args } => setup::setup().and_then(|()| test(&args)),
         Task::Lint => setup::setup().and_then(|()| lint()),
+        Task::Bench(opts) => setup::setup().and_then(|()| bench::bench(&opts)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -60,11 +64,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root());
     cmd

@@ -10,7 +10,7 @@ use std::{
 use hdrhistogram::Histogram;
 use tcpstate_ebpf::TCP_STATE_COUNT;
 
-use super::transition::{CloseSide, TcpState, Transition};
+use super::transition::{CloseSide, Comm, TcpState, Transition};
 
 /// Rows an aggregate table keeps before counting new keys under "other".
 pub const DEFAULT_TABLE_CAP: usize = 4096;
@@ -124,13 +124,13 @@ impl<K: Hash + Eq + Clone + Ord, V: Tally> CappedTable<K, V> {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProcessKey {
     pub pid: Option<u32>,
-    pub comm: Option<String>,
+    pub comm: Option<Comm>,
 }
 
 impl ProcessKey {
     fn of(t: &Transition) -> Self {
         match &t.owner {
-            Some(o) => Self { pid: Some(o.pid), comm: Some(o.comm.clone()) },
+            Some(o) => Self { pid: Some(o.pid), comm: Some(o.comm) },
             None => Self { pid: None, comm: None },
         }
     }
@@ -207,7 +207,7 @@ pub struct Aggregator {
     /// first seen as they closed.
     pub closes_unknown: u64,
     pub closes_by_process: CappedTable<ProcessKey, Sides>,
-    pub closes_by_comm: CappedTable<Option<String>, Sides>,
+    pub closes_by_comm: CappedTable<Option<Comm>, Sides>,
     pub closes_by_lport: CappedTable<u16, Sides>,
     pub closes_by_raddr: CappedTable<IpAddr, Sides>,
     pub time_wait: u64,
@@ -264,7 +264,7 @@ impl Aggregator {
             Some(side) => {
                 self.closes.add(side);
                 self.closes_by_process.entry(process.clone()).add(side);
-                self.closes_by_comm.entry(process.comm.clone()).add(side);
+                self.closes_by_comm.entry(process.comm).add(side);
                 self.closes_by_lport.entry(t.sport).add(side);
                 self.closes_by_raddr.entry(t.daddr).add(side);
             }
@@ -298,7 +298,7 @@ pub(crate) mod tests {
             in_old_state_ns: Some(2_000_000),
             first_seen_ns: 9_000_000_000,
             seen_from_start: true,
-            owner: Some(Owner { pid: 7, comm: "nginx".into(), from_listener: false }),
+            owner: Some(Owner { pid: 7, comm: Comm::from("nginx"), from_listener: false }),
             close,
         }
     }
@@ -338,7 +338,7 @@ pub(crate) mod tests {
         assert_eq!(agg.closes_unknown, 1);
         assert_eq!(agg.time_wait, 3);
         let (rows, other) = agg.time_wait_by_process.top(10, |v| *v);
-        assert_eq!(rows, [(ProcessKey { pid: Some(7), comm: Some("nginx".into()) }, 3)]);
+        assert_eq!(rows, [(ProcessKey { pid: Some(7), comm: Some(Comm::from("nginx")) }, 3)]);
         assert_eq!(other, 0);
         assert_eq!(agg.time_wait_by_lport.top(10, |v| *v).0, [(8080, 3)]);
         let (by_comm, _) = agg.closes_by_comm.top(10, Sides::total);

@@ -29,6 +29,13 @@ impl Clock {
         SystemTime::UNIX_EPOCH + Duration::from_nanos(ns as u64)
     }
 
+    /// Hours, minutes, seconds and microseconds of the UTC day.
+    pub fn time_of_day(&self, monotonic_ns: u64) -> (u64, u64, u64, u64) {
+        let since_epoch = self.wall(monotonic_ns).duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let secs = since_epoch.as_secs() % 86_400;
+        (secs / 3600, secs / 60 % 60, secs % 60, u64::from(since_epoch.subsec_micros()))
+    }
+
     /// RFC 3339 in UTC, to the microsecond.
     pub fn rfc3339(&self, monotonic_ns: u64) -> String {
         humantime::format_rfc3339_micros(self.wall(monotonic_ns)).to_string()
@@ -55,6 +62,7 @@ mod tests {
         // 2026-11-27T00:00:00Z is 1795737600 s after the epoch.
         let clock = Clock::with_offset(1_795_737_600_000_000_000 - 5_000_000_000);
         assert_eq!(clock.rfc3339(5_000_000_000 + 1_500), "2026-11-27T00:00:00.000001Z");
+        assert_eq!(clock.time_of_day(5_000_000_000 + 3_723_000_004_000), (1, 2, 3, 4));
     }
 
     #[test]

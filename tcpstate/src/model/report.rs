@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{
     aggregate::{Aggregator, CappedTable, ProcessKey, Sides, Tally},
     counters::KernelCounters,
-    transition::TcpState,
+    transition::{Comm, TcpState},
 };
 
 /// A ranked table: the top rows, and everything else summed.
@@ -23,7 +23,7 @@ pub struct Ranked<R, V> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ProcessCount {
     pub pid: Option<u32>,
-    pub comm: Option<String>,
+    pub comm: Option<Comm>,
     pub count: u64,
 }
 
@@ -52,14 +52,14 @@ pub struct TimeWaitProducers {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ProcessSides {
     pub pid: Option<u32>,
-    pub comm: Option<String>,
+    pub comm: Option<Comm>,
     #[serde(flatten)]
     pub sides: Sides,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CommSides {
-    pub comm: Option<String>,
+    pub comm: Option<Comm>,
     #[serde(flatten)]
     pub sides: Sides,
 }
@@ -274,7 +274,7 @@ mod tests {
         assert_eq!(r.time_wait.total, 4);
         assert_eq!(
             r.time_wait.by_process.rows,
-            [ProcessCount { pid: Some(7), comm: Some("nginx".into()), count: 4 }]
+            [ProcessCount { pid: Some(7), comm: Some(Comm::from("nginx")), count: 4 }]
         );
         // Four remote endpoints, two rows kept by the cap, one shown: the rest is "other".
         assert_eq!(r.time_wait.by_remote.rows.len(), 1);

@@ -92,11 +92,66 @@ impl Family {
     }
 }
 
+/// A process name as the kernel keeps it: at most 15 bytes, held inline so
+/// that decoding and aggregating allocate nothing.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Comm([u8; 16]);
+
+impl Comm {
+    /// From the kernel's NUL-padded bytes.
+    pub fn from_raw(mut raw: [u8; 16]) -> Self {
+        raw[15] = 0;
+        Self(raw)
+    }
+
+    /// The NUL-padded bytes, as the kernel's filter map takes them.
+    pub fn raw(&self) -> [u8; 16] {
+        self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(15);
+        match std::str::from_utf8(&self.0[..end]) {
+            Ok(s) => s,
+            // The valid prefix; a name cut mid-character loses the tail.
+            Err(e) => std::str::from_utf8(&self.0[..e.valid_up_to()]).unwrap_or_default(),
+        }
+    }
+}
+
+impl From<&str> for Comm {
+    /// Truncates to 15 bytes, as the kernel does.
+    fn from(s: &str) -> Self {
+        let mut raw = [0u8; 16];
+        let n = s.len().min(15);
+        raw[..n].copy_from_slice(&s.as_bytes()[..n]);
+        Self(raw)
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl serde::Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// The process a socket is attributed to.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Owner {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
     /// Inherited from the listening socket: the accepted socket has not yet
     /// made a transition in its own process's context.
     pub from_listener: bool,
@@ -131,11 +186,6 @@ fn decode_addr(raw: [u8; 16]) -> IpAddr {
     }
 }
 
-fn decode_comm(raw: &[u8; 16]) -> String {
-    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
-}
-
 impl Transition {
     /// Decodes one ring-buffer record; `None` if it has the wrong size.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
@@ -157,7 +207,7 @@ impl Transition {
         };
         let owner = (raw.flags & abi::FLAG_OWNER_KNOWN != 0).then(|| Owner {
             pid: raw.pid,
-            comm: decode_comm(&raw.comm),
+            comm: Comm::from_raw(raw.comm),
             from_listener: raw.flags & abi::FLAG_OWNER_FROM_LISTENER != 0,
         });
         Self {
@@ -257,6 +307,20 @@ pub(crate) mod tests {
     #[test]
     fn rejects_short_records() {
         assert!(Transition::decode(&[0u8; 10]).is_none());
+    }
+
+    #[test]
+    fn comms() {
+        assert_eq!(Comm::from("a-very-long-process-name").as_str(), "a-very-long-pro");
+        let mut raw = *b"nginx\0\0\0\0\0\0\0\0\0\0\0";
+        assert_eq!(Comm::from_raw(raw).as_str(), "nginx");
+        raw = [b'x'; 16];
+        assert_eq!(Comm::from_raw(raw).as_str().len(), 15);
+        // "é" cut in half by the kernel's truncation.
+        let mut cut = [0u8; 16];
+        cut[..15].copy_from_slice(b"abcdefghijklmn\xc3");
+        assert_eq!(Comm::from_raw(cut).as_str(), "abcdefghijklmn");
+        assert_eq!(serde_json::to_string(&Comm::from("curl")).unwrap(), "\"curl\"");
     }
 
     #[test]

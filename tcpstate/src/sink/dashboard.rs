@@ -22,7 +22,7 @@ use crate::model::{
     clock::Clock,
     counters::KernelCounters,
     report::Report,
-    transition::{CloseSide, Transition},
+    transition::{CloseSide, Comm, Transition},
 };
 
 /// How the TIME_WAIT producers are grouped.
@@ -140,7 +140,7 @@ impl Dashboard {
                         format!(
                             "{:<7} {}",
                             k.pid.map_or("-".into(), |p| p.to_string()),
-                            k.comm.unwrap_or("?".into())
+                            k.comm.as_ref().map_or("?", Comm::as_str)
                         ),
                         s,
                     )
@@ -287,7 +287,7 @@ pub fn draw(frame: &mut Frame<'_>, v: &View) {
                 let who = format!(
                     "{:<7} {}",
                     p.pid.map_or("-".into(), |x| x.to_string()),
-                    p.comm.as_deref().unwrap_or("?")
+                    p.comm.as_ref().map_or("?", |c| c.as_str())
                 );
                 Row::new(vec![who, p.count.to_string()])
             })

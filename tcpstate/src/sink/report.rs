@@ -5,10 +5,11 @@ use std::fmt::{self, Write};
 use crate::model::{
     aggregate::Sides,
     report::{Distribution, Ranked, Report},
+    transition::Comm,
 };
 
-fn owner(pid: Option<u32>, comm: &Option<String>) -> (String, String) {
-    (pid.map_or("-".into(), |p| p.to_string()), comm.clone().unwrap_or_else(|| "(unknown)".into()))
+fn owner(pid: Option<u32>, comm: &Option<Comm>) -> (String, String) {
+    (pid.map_or("-".into(), |p| p.to_string()), comm.map_or("(unknown)".into(), |c| c.to_string()))
 }
 
 fn ms(ns: u64) -> String {

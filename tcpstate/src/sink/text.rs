@@ -56,16 +56,15 @@ pub fn format_line(
     clock: &Clock,
     w: usize,
 ) -> std::fmt::Result {
-    let stamp = clock.rfc3339(t.ts_ns);
-    // "YYYY-MM-DDTHH:MM:SS.ffffffZ" → "HH:MM:SS.ffffff"
-    let time = stamp.get(11..26).unwrap_or(&stamp);
-    let (pid, comm) = match &t.owner {
-        Some(o) => (o.pid.to_string(), o.comm.as_str()),
-        None => ("-".to_string(), "-"),
-    };
+    let (h, m, s, us) = clock.time_of_day(t.ts_ns);
+    write!(out, "{h:02}:{m:02}:{s:02}.{us:06} ")?;
+    match &t.owner {
+        Some(o) => write!(out, "{:>7} {:<15}", o.pid, o.comm)?,
+        None => write!(out, "{:>7} {:<15}", "-", "-")?,
+    }
     write!(
         out,
-        "{time:<15} {pid:>7} {comm:<15.15} {:<w$} {:>5} {:<w$} {:>5} {:<11} -> {:<11} ",
+        " {:<w$} {:>5} {:<w$} {:>5} {:<11} -> {:<11} ",
         t.saddr, t.sport, t.daddr, t.dport, t.old, t.new,
     )?;
     match t.in_old_state_ns {

@@ -88,7 +88,7 @@ pub fn parse_format(text: &str) -> anyhow::Result<RecordOffsets> {
         Ok(f)
     };
     let protocol = field("protocol", &[1, 2])?;
-    Ok(RecordOffsets {
+    let offsets = RecordOffsets {
         skaddr: field("skaddr", &[8])?.offset,
         oldstate: field("oldstate", &[4])?.offset,
         newstate: field("newstate", &[4])?.offset,
@@ -99,7 +99,26 @@ pub fn parse_format(text: &str) -> anyhow::Result<RecordOffsets> {
         saddr_v6: field("saddr_v6", &[16])?.offset,
         daddr_v6: field("daddr_v6", &[16])?.offset,
         protocol_size: protocol.size,
-    })
+        record_len: 0,
+    };
+    let fields_end = [
+        (offsets.skaddr, 8),
+        (offsets.oldstate, 4),
+        (offsets.newstate, 4),
+        (offsets.sport, 2),
+        (offsets.dport, 2),
+        (offsets.family, 2),
+        (offsets.protocol, offsets.protocol_size),
+        (offsets.saddr_v6, 16),
+        (offsets.daddr_v6, 16),
+    ];
+    // The program reads fields at `offset & RECORD_OFFSET_MASK` from a
+    // scratch copy; offsets beyond the mask would read the wrong bytes.
+    if let Some((off, _)) = fields_end.iter().find(|(off, _)| *off > tcpstate_ebpf::RECORD_OFFSET_MASK) {
+        bail!("field offset {off} is beyond what the program can read");
+    }
+    let record_len = fields_end.iter().map(|(off, size)| off + size).max().unwrap_or(0);
+    Ok(RecordOffsets { record_len, ..offsets })
 }
 
 #[cfg(test)]
@@ -146,6 +165,7 @@ print fmt: \"family=%s protocol=%s ...\"
                 saddr_v6: 40,
                 daddr_v6: 56,
                 protocol_size: 2,
+                record_len: 72,
             }
         );
     }
@@ -164,6 +184,7 @@ print fmt: \"family=%s protocol=%s ...\"
         let o = parse_format(&old).unwrap();
         assert_eq!((o.protocol, o.protocol_size), (30, 1));
         assert_eq!((o.saddr_v6, o.daddr_v6), (39, 55));
+        assert_eq!(o.record_len, 71);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tcpstate_ebpf as abi;
 use super::{preflight, tracefs};
 use crate::model::{
     counters::KernelCounters,
-    transition::{Family, TcpState, Transition},
+    transition::{Comm, Family, TcpState, Transition},
 };
 
 /// The eBPF object, built by build.rs.
@@ -64,15 +64,6 @@ impl Filters {
         }
         roles
     }
-}
-
-/// Encodes a comm as the kernel stores it: NUL-padded to 16 bytes.
-pub fn comm_key(comm: &str) -> [u8; 16] {
-    let mut key = [0u8; 16];
-    let bytes = comm.as_bytes();
-    let n = bytes.len().min(15);
-    key[..n].copy_from_slice(&bytes[..n]);
-    key
 }
 
 #[derive(Clone, Debug)]
@@ -136,7 +127,6 @@ impl Tracer {
                 Some(Family::Ipv6) => abi::FAMILY_IPV6,
             },
             filters: opts.filters.bits(),
-            _pad: [0; 2],
         };
         let mut ebpf = EbpfLoader::new()
             // A plain tracepoint needs no kernel BTF; don't parse it.
@@ -231,6 +221,25 @@ impl Tracer {
     }
 }
 
+/// Attaches only the empty program: what any program on this tracepoint
+/// costs. For the benchmark; detached when the returned object drops.
+pub fn attach_noop() -> anyhow::Result<Ebpf> {
+    let tracefs = tracefs::tracefs_root()?;
+    let config = abi::Config { offsets: tracefs::read_offsets(&tracefs)?, ..abi::Config::zeroed() };
+    let mut ebpf = EbpfLoader::new()
+        .btf(None)
+        .override_global(abi::GLOBAL_CONFIG, &config, true)
+        .map_max_entries(abi::MAP_EVENTS, 4096)
+        .load(EBPF_OBJECT)?;
+    let noop: &mut TracePoint = ebpf
+        .program_mut(abi::NOOP_PROGRAM_NAME)
+        .ok_or_else(|| anyhow!("program {} missing", abi::NOOP_PROGRAM_NAME))?
+        .try_into()?;
+    noop.load()?;
+    noop.attach(tracefs::TRACEPOINT_CATEGORY, tracefs::TRACEPOINT_NAME)?;
+    Ok(ebpf)
+}
+
 fn program(ebpf: &mut Ebpf) -> anyhow::Result<&mut TracePoint> {
     let p = ebpf
         .program_mut(abi::PROGRAM_NAME)
@@ -251,7 +260,7 @@ fn fill_filter_maps(ebpf: &mut Ebpf, filters: &Filters) -> anyhow::Result<()> {
     }
     let mut comms: HashMap<MapData, [u8; 16], u8> = HashMap::try_from(map(abi::MAP_COMMS)?)?;
     for comm in &filters.comms {
-        comms.insert(comm_key(comm), 1, 0)?;
+        comms.insert(Comm::from(comm.as_str()).raw(), 1, 0)?;
     }
     Ok(())
 }
@@ -301,12 +310,5 @@ mod tests {
         assert_eq!(roles[&80], abi::PORT_AS_LOCAL | abi::PORT_AS_EITHER);
         assert_eq!(roles[&443], abi::PORT_AS_EITHER);
         assert_eq!(Filters::default().bits(), 0);
-    }
-
-    #[test]
-    fn comm_keys_are_nul_padded() {
-        let k = comm_key("nginx");
-        assert_eq!(&k[..6], b"nginx\0");
-        assert_eq!(comm_key("a-very-long-process-name")[15], 0);
     }
 }

@@ -1,0 +1,352 @@
+//! `cargo xtask bench`: what tcpstate costs under connection churn.
+//!
+//! Each repetition runs every mode once, in turn, so that drift on this
+//! noisy machine hits all modes alike; the table shows medians. The load
+//! generator and the tracer share the machine's cores, so every CPU cycle
+//! the tracer spends comes out of the connection rate.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Read as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{capture, cargo, run_cmd, workspace_root};
+
+const NETNS: &str = "tcpstate-bench";
+const PORT: u16 = 9900;
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Seconds of churn per run
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Repetitions of the whole set of modes
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Client (and server) threads of the load generator
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Where to write the JSON results
+    #[arg(long, default_value = "target/bench/results.json")]
+    json: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Untraced,
+    Floor,
+    TraceJson,
+    Stats,
+    Top,
+}
+
+impl Mode {
+    const ALL: [Mode; 5] = [Mode::Untraced, Mode::Floor, Mode::TraceJson, Mode::Stats, Mode::Top];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Untraced => "untraced",
+            Mode::Floor => "no-op program (floor)",
+            Mode::TraceJson => "trace --json >/dev/null",
+            Mode::Stats => "stats",
+            Mode::Top => "top (not a TTY)",
+        }
+    }
+
+    fn tracer_args(self) -> Option<Vec<String>> {
+        let port = PORT.to_string();
+        let args: &[&str] = match self {
+            Mode::Untraced | Mode::Floor => return None,
+            Mode::TraceJson => &["trace", "--json"],
+            Mode::Stats => &["stats", "--json"],
+            Mode::Top => &["top", "--json", "--interval", "1"],
+        };
+        Some(args.iter().copied().chain(["--port", &port]).map(String::from).collect())
+    }
+}
+
+#[derive(Default, Clone)]
+struct Run {
+    connections: u64,
+    seconds: f64,
+    events: Option<u64>,
+    dropped: Option<u64>,
+    cpu_s: Option<f64>,
+    peak_rss_kib: Option<u64>,
+    map_bytes: Option<u64>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.connections as f64 / self.seconds
+    }
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    run_cmd(Command::new("ip").args(args).stderr(Stdio::null()))
+}
+
+fn churn(bin: &Path, opts: &Options, noop: bool) -> anyhow::Result<(u64, f64)> {
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--netns",
+        NETNS,
+        "--threads",
+        &opts.threads.to_string(),
+        "--seconds",
+        &opts.seconds.to_string(),
+    ]);
+    cmd.args(["--port", &PORT.to_string()]);
+    if noop {
+        cmd.arg("--noop-program");
+    }
+    let out = capture(&mut cmd)?;
+    let v: serde_json::Value = serde_json::from_str(out.trim()).context("churn output")?;
+    Ok((v["connections"].as_u64().unwrap_or(0), v["seconds"].as_f64().unwrap_or(opts.seconds)))
+}
+
+/// Sum of `memlock` over the BPF maps the process holds open.
+fn map_bytes(pid: u32) -> u64 {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return 0 };
+    fds.flatten()
+        .filter_map(|e| fs::read_to_string(e.path()).ok())
+        .filter(|info| info.contains("map_type:"))
+        .filter_map(|info| {
+            info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// Waits for the child and returns its exit status and resource usage.
+fn wait_rusage(child: &Child) -> anyhow::Result<(i32, libc::rusage)> {
+    let mut status = 0;
+    // SAFETY: zeroed rusage is valid; wait4 on our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    if rc < 0 {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    Ok((status, usage))
+}
+
+fn tv_secs(tv: libc::timeval) -> f64 {
+    tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6
+}
+
+/// Pulls events received and dropped out of what the tracer printed.
+fn parse_losses(mode: Mode, stdout: &str, stderr: &str) -> (Option<u64>, Option<u64>) {
+    if mode == Mode::TraceJson {
+        let line = stderr.lines().find(|l| l.starts_with("events received")).unwrap_or("");
+        let num = |key: &str| {
+            line.split(key)
+                .nth(1)
+                .and_then(|rest| rest.trim().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        };
+        return (num("events received"), num("dropped (ring buffer full)"));
+    }
+    let last = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or("{}");
+    let v: serde_json::Value = serde_json::from_str(last).unwrap_or_default();
+    (v["losses"]["events_received"].as_u64(), v["losses"]["events_dropped"].as_u64())
+}
+
+fn traced(
+    tcpstate: &Path,
+    churn_bin: &Path,
+    opts: &Options,
+    mode: Mode,
+    args: &[String],
+) -> anyhow::Result<Run> {
+    let stdout = if mode == Mode::TraceJson { Stdio::null() } else { Stdio::piped() };
+    let mut child = Command::new(tcpstate).args(args).stdout(stdout).stderr(Stdio::piped()).spawn()?;
+    let mut stderr = BufReader::new(child.stderr.take().context("stderr")?);
+    let mut line = String::new();
+    stderr.read_line(&mut line)?;
+    if !line.contains("Hit Ctrl-C") {
+        bail!("{} did not start: {line}", mode.name());
+    }
+    // Read stdout as it comes, so the tracer never blocks on a full pipe.
+    let reader = child.stdout.take().map(|mut out| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = out.read_to_string(&mut text);
+            text
+        })
+    });
+    let (connections, seconds) = churn(churn_bin, opts, false)?;
+    let map = map_bytes(child.id());
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let (status, usage) = wait_rusage(&child)?;
+    if status != 0 {
+        bail!("{} exited with status {status}", mode.name());
+    }
+    let mut err_text = String::new();
+    stderr.read_to_string(&mut err_text)?;
+    let out_text = reader.map(|r| r.join().unwrap_or_default()).unwrap_or_default();
+    let (events, dropped) = parse_losses(mode, &out_text, &err_text);
+    Ok(Run {
+        connections,
+        seconds,
+        events,
+        dropped,
+        cpu_s: Some(tv_secs(usage.ru_utime) + tv_secs(usage.ru_stime)),
+        peak_rss_kib: Some(usage.ru_maxrss as u64),
+        map_bytes: Some(map),
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The in-kernel cost of one run of the program, with bpf_stats_enabled
+/// on for one extra `stats` run only (the statistics cost a little).
+fn program_ns_per_run(tcpstate: &Path, churn_bin: &Path, opts: &Options) -> anyhow::Result<Option<f64>> {
+    let knob = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = fs::read_to_string(knob).unwrap_or_default();
+    fs::write(knob, "1").context("enabling bpf_stats")?;
+    let args = Mode::Stats.tracer_args().unwrap_or_default();
+    let mut child =
+        Command::new(tcpstate).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().context("stderr")?).read_line(&mut line)?;
+    churn(churn_bin, opts, false)?;
+    let mut per_run = None;
+    for entry in fs::read_dir(format!("/proc/{}/fdinfo", child.id()))?.flatten() {
+        let info = fs::read_to_string(entry.path()).unwrap_or_default();
+        let field =
+            |k: &str| info.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse::<f64>().ok());
+        if let (Some(ns), Some(runs)) = (field("run_time_ns:"), field("run_cnt:"))
+            && runs > 0.0
+        {
+            per_run = Some(ns / runs);
+        }
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = child.wait();
+    let _ = fs::write(knob, before.trim());
+    Ok(per_run)
+}
+
+pub fn bench(opts: &Options) -> anyhow::Result<()> {
+    run_cmd(cargo().args(["build", "--release", "--package", "tcpstate", "--package", "tcpstate-tests"]))?;
+    let target = workspace_root().join("target/release");
+    let (tcpstate, churn_bin) = (target.join("tcpstate"), target.join("tcpstate-churn"));
+    let _ = ip(&["netns", "del", NETNS]);
+    ip(&["netns", "add", NETNS])?;
+    ip(&["-n", NETNS, "link", "set", "lo", "up"])?;
+    let result = measure(&tcpstate, &churn_bin, opts);
+    let _ = ip(&["netns", "del", NETNS]);
+    result
+}
+
+fn measure(tcpstate: &Path, churn_bin: &Path, opts: &Options) -> anyhow::Result<()> {
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "bench: {} reps × {} modes, {} s churn each, {} client threads, {nproc} CPUs",
+        opts.reps,
+        Mode::ALL.len(),
+        opts.seconds,
+        opts.threads
+    );
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); Mode::ALL.len()];
+    for rep in 0..opts.reps {
+        for (i, mode) in Mode::ALL.into_iter().enumerate() {
+            let run = match mode.tracer_args() {
+                None => {
+                    let (connections, seconds) = churn(churn_bin, opts, mode == Mode::Floor)?;
+                    Run { connections, seconds, ..Default::default() }
+                }
+                Some(args) => traced(tcpstate, churn_bin, opts, mode, &args)?,
+            };
+            println!(
+                "  rep {rep} {:<26} {:>8.0} conn/s  events {:?} dropped {:?}",
+                mode.name(),
+                run.rate(),
+                run.events,
+                run.dropped
+            );
+            runs[i].push(run);
+            // Let TIME_WAITs from the last run drain a little.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let per_run_ns = program_ns_per_run(tcpstate, churn_bin, opts)?;
+
+    let rate = |i: usize| median(runs[i].iter().map(Run::rate).collect());
+    let (untraced, floor) = (rate(0), rate(1));
+    let mut rows = Vec::new();
+    println!(
+        "\n{:<26} {:>9} {:>8} {:>8} {:>11} {:>8} {:>11} {:>9} {:>9}",
+        "MODE", "CONN/S", "VS NONE", "VS NOOP", "EVENTS/S", "DROPPED", "CPU µs/EV", "RSS MiB", "MAPS MiB"
+    );
+    for (i, mode) in Mode::ALL.into_iter().enumerate() {
+        let r = &runs[i];
+        let opt_median = |f: &dyn Fn(&Run) -> Option<f64>| {
+            let v: Vec<f64> = r.iter().filter_map(f).collect();
+            (!v.is_empty()).then(|| median(v))
+        };
+        let events_per_s = opt_median(&|x| x.events.map(|e| e as f64 / x.seconds));
+        let dropped = r.iter().filter_map(|x| x.dropped).max();
+        let cpu_us = opt_median(&|x| Some(x.cpu_s? * 1e6 / x.events? as f64));
+        let rss = opt_median(&|x| x.peak_rss_kib.map(|k| k as f64 / 1024.0));
+        let maps = opt_median(&|x| x.map_bytes.map(|b| b as f64 / (1 << 20) as f64));
+        let fmt = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
+        println!(
+            "{:<26} {:>9.0} {:>8.3} {:>8.3} {:>11} {:>8} {:>11} {:>9} {:>9}",
+            mode.name(),
+            rate(i),
+            rate(i) / untraced,
+            rate(i) / floor,
+            fmt(events_per_s, 0),
+            dropped.map_or("-".into(), |d| d.to_string()),
+            fmt(cpu_us, 3),
+            fmt(rss, 1),
+            fmt(maps, 1),
+        );
+        rows.push(serde_json::json!({
+            "mode": mode.name(),
+            "connections_per_s": rate(i),
+            "vs_untraced": rate(i) / untraced,
+            "vs_noop_program": rate(i) / floor,
+            "events_per_s": events_per_s,
+            "events_dropped_max": dropped,
+            "tracer_cpu_us_per_event": cpu_us,
+            "tracer_peak_rss_mib": rss,
+            "kernel_map_mib": maps,
+            "runs": r.iter().map(|x| serde_json::json!({"connections": x.connections, "seconds": x.seconds, "events": x.events, "dropped": x.dropped, "cpu_s": x.cpu_s})).collect::<Vec<_>>(),
+        }));
+    }
+    if let Some(ns) = per_run_ns {
+        println!(
+            "\nprogram run time (bpf_stats_enabled, one extra stats run): {ns:.0} ns per tracepoint hit"
+        );
+    }
+    let doc = serde_json::json!({
+        "kernel": capture(Command::new("uname").arg("-r")).unwrap_or_default().trim(),
+        "cpus": nproc,
+        "seconds_per_run": opts.seconds,
+        "reps": opts.reps,
+        "threads": opts.threads,
+        "program_ns_per_run": per_run_ns,
+        "modes": rows,
+    });
+    let path = workspace_root().join(&opts.json);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
+    println!("results: {}", path.display());
+    Ok(())
+}
