@@ -32,6 +32,42 @@ pub enum Command {
     Top(TopArgs),
     /// Collect until --duration or Ctrl-C, then print one report
     Stats(StatsArgs),
+    /// Count current TCP sockets per state (sock_diag), timewait sockets included
+    Census(CensusArgs),
+    /// Show the TIME_WAIT-related sysctls and what they really do
+    Sysctl(SysctlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SysctlArgs {
+    /// Network namespace: a name under /run/netns, or a path (the settings are per namespace)
+    #[arg(long, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+    /// One JSON document
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CensusArgs {
+    /// IPv4 sockets only
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// IPv6 sockets only
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+    /// Network namespace: a name under /run/netns, or a path such as /proc/PID/ns/net
+    #[arg(long, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+    /// Also count per local port, remote address or owning process
+    #[arg(long, value_enum)]
+    pub by: Option<crate::model::census::GroupBy>,
+    /// One JSON document per census
+    #[arg(long)]
+    pub json: bool,
+    /// Repeat every INTERVAL until Ctrl-C (e.g. 1, 500ms)
+    #[arg(short, long, value_name = "INTERVAL", value_parser = parse_duration)]
+    pub watch: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -228,6 +264,16 @@ mod tests {
         assert_eq!(s.session.duration, Some(Duration::from_secs(5)));
         assert!(parse(&["top", "--interval", "0"]).is_err());
         assert!(parse(&["stats", "--top", "0"]).is_err());
+    }
+
+    #[test]
+    fn census() {
+        let cli = parse(&["census", "--by", "lport", "--netns", "blue", "-w", "2s", "-6"]).unwrap();
+        let Command::Census(c) = cli.command else { panic!() };
+        assert_eq!(c.by, Some(crate::model::census::GroupBy::Lport));
+        assert_eq!(c.watch, Some(Duration::from_secs(2)));
+        assert!(c.ipv6 && !c.ipv4);
+        assert!(parse(&["census", "--by", "pid"]).is_err());
     }
 
     #[test]

@@ -30,7 +30,7 @@ fn main() -> ExitCode {
             eprintln!("{line}");
         }
     };
-    let out = tcpstate::commands::Output { writer: &mut writer, is_terminal, on_attached: &mut notice };
+    let out = tcpstate::commands::Output { writer: &mut writer, is_terminal, on_ready: &mut notice };
     match runtime.block_on(tcpstate::commands::run(cli, out)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),

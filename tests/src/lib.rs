@@ -254,11 +254,8 @@ impl CommandRun {
             let mut notify = |_: &str| {
                 let _ = attached.send(());
             };
-            let out = tcpstate::commands::Output {
-                writer: &mut stdout,
-                is_terminal: false,
-                on_attached: &mut notify,
-            };
+            let out =
+                tcpstate::commands::Output { writer: &mut stdout, is_terminal: false, on_ready: &mut notify };
             runtime.block_on(tcpstate::commands::run(cli, out)).expect("command succeeds");
             String::from_utf8(stdout).expect("UTF-8 output")
         });

@@ -106,6 +106,9 @@ fn fixed_scenario_counts_sides_and_time_wait_producers() {
     assert_eq!(report["sockets"]["followed"], 0, "every socket closed");
     assert!(report["time_in_state"].as_array().unwrap().iter().any(|d| d["state"] == "ESTABLISHED"));
     assert_eq!(report["lifetime"]["count"], 70);
+    // The kernel's own TIME_WAIT counters, over the session (tcpstate's namespace).
+    let tcpext: Vec<&str> = report["tcpext"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(tcpext, ["TCPTimeWaitOverflow", "TW", "TWKilled", "TWRecycled"]);
 
     // top, off a terminal, ends with a document holding the same numbers.
     let top_docs: Vec<Value> = top_json.output().lines().map(|l| serde_json::from_str(l).unwrap()).collect();

@@ -16,14 +16,14 @@ fn aggregator() -> Aggregator {
 pub async fn stats(args: StatsArgs, out: Output<'_>) -> anyhow::Result<()> {
     let mut tracer = Tracer::start(&args.session.tracer_options(args.filters.to_filters()))?;
     let mut sink = ReportSink::new(out.writer, aggregator(), args.report.json, args.report.top.into(), None);
-    (out.on_attached)("Collecting TCP state transitions. Hit Ctrl-C to end and report.");
+    (out.on_ready)("Collecting TCP state transitions. Hit Ctrl-C to end and report.");
     final_report(&mut tracer, &mut sink, args.session.duration).await
 }
 
 pub async fn top(args: TopArgs, out: Output<'_>) -> anyhow::Result<()> {
     let mut tracer = Tracer::start(&args.session.tracer_options(args.filters.to_filters()))?;
     if out.is_terminal && !args.report.json {
-        (out.on_attached)("");
+        (out.on_ready)("");
         let mut dashboard = Dashboard::new(aggregator(), args.interval, args.report.top.into())?;
         session::run(&mut tracer, &mut dashboard, args.session.duration).await?;
         return Ok(());
@@ -35,7 +35,7 @@ pub async fn top(args: TopArgs, out: Output<'_>) -> anyhow::Result<()> {
         args.report.top.into(),
         Some(args.interval),
     );
-    (out.on_attached)("Tracing TCP state transitions. Hit Ctrl-C to end.");
+    (out.on_ready)("Tracing TCP state transitions. Hit Ctrl-C to end.");
     final_report(&mut tracer, &mut sink, args.session.duration).await
 }
 

@@ -27,7 +27,7 @@ pub async fn run(args: TraceArgs, out: Output<'_>) -> anyhow::Result<()> {
             Err(e) => return Err(e.into()),
         }
     };
-    (out.on_attached)("Tracing TCP state transitions. Hit Ctrl-C to end.");
+    (out.on_ready)("Tracing TCP state transitions. Hit Ctrl-C to end.");
     let reason = session::run(&mut tracer, sink.as_mut(), args.session.duration).await?;
     log::info!("trace ended: {reason:?}");
     summarize(&tracer)

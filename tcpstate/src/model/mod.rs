@@ -1,6 +1,7 @@
 //! The model: decoded transitions, time, and the kernel's counters.
 
 pub mod aggregate;
+pub mod census;
 pub mod clock;
 pub mod counters;
 pub mod report;

@@ -169,6 +169,10 @@ pub struct Report {
     /// Kernel counters: exact even when events were dropped.
     pub transitions: Vec<TransitionCount>,
     pub losses: Losses,
+    /// Growth of the kernel's TcpExt TIME_WAIT counters (TW, TWKilled,
+    /// TWRecycled, TCPTimeWaitOverflow) over the session, in tcpstate's
+    /// own network namespace; to set beside what tcpstate measured.
+    pub tcpext: std::collections::BTreeMap<String, u64>,
 }
 
 fn ranked<K, V, R>(table: &CappedTable<K, V>, n: usize, row: impl Fn(K, V) -> R) -> Ranked<R, V>
@@ -179,21 +183,6 @@ where
     let (rows, other) = table.top(n, V::score);
     Ranked { rows: rows.into_iter().map(|(k, v)| row(k, v)).collect(), other }
 }
-
-/// States in the order a connection meets them, for reading.
-const STATE_ORDER: [TcpState; 11] = [
-    TcpState::LISTEN,
-    TcpState::SYN_SENT,
-    TcpState::SYN_RECV,
-    TcpState::ESTABLISHED,
-    TcpState::FIN_WAIT1,
-    TcpState::FIN_WAIT2,
-    TcpState::CLOSING,
-    TcpState::TIME_WAIT,
-    TcpState::CLOSE_WAIT,
-    TcpState::LAST_ACK,
-    TcpState::CLOSE,
-];
 
 impl Report {
     pub fn build(agg: &Aggregator, counters: &KernelCounters, top: usize, elapsed_s: f64) -> Self {
@@ -224,7 +213,7 @@ impl Report {
                 by_local_port: ranked(&agg.closes_by_lport, top, |port, sides| PortSides { port, sides }),
                 by_remote_addr: ranked(&agg.closes_by_raddr, top, |addr, sides| AddrSides { addr, sides }),
             },
-            time_in_state: STATE_ORDER
+            time_in_state: TcpState::LIFECYCLE
                 .iter()
                 .filter_map(|&s| {
                     Distribution::of(&agg.time_in_state[s.0 as usize])
@@ -233,7 +222,7 @@ impl Report {
                 .collect(),
             lifetime: Distribution::of(&agg.lifetime),
             sockets: Sockets {
-                by_state: STATE_ORDER
+                by_state: TcpState::LIFECYCLE
                     .iter()
                     .map(|&s| StateCount { state: s.name(), count: agg.sockets.count(s) })
                     .filter(|c| c.count > 0)
@@ -253,6 +242,7 @@ impl Report {
                 unreadable_records: counters.read_failed,
                 tracepoint_hits_skipped: counters.recursion_misses,
             },
+            tcpext: Default::default(),
         }
     }
 }

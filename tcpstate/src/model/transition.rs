@@ -24,6 +24,21 @@ impl TcpState {
     pub const LISTEN: Self = Self(abi::TCP_LISTEN);
     pub const CLOSING: Self = Self(abi::TCP_CLOSING);
 
+    /// States in the order a connection meets them, for reading.
+    pub const LIFECYCLE: [Self; 11] = [
+        Self::LISTEN,
+        Self::SYN_SENT,
+        Self::SYN_RECV,
+        Self::ESTABLISHED,
+        Self::FIN_WAIT1,
+        Self::FIN_WAIT2,
+        Self::CLOSING,
+        Self::TIME_WAIT,
+        Self::CLOSE_WAIT,
+        Self::LAST_ACK,
+        Self::CLOSE,
+    ];
+
     pub fn name(self) -> &'static str {
         abi::state_name(self.0).unwrap_or("UNKNOWN")
     }

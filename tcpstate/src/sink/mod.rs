@@ -1,6 +1,7 @@
 //! Sinks: where transitions go once decoded. Each writes into a batch
 //! buffer that goes out in one write per drain of the ring buffer.
 
+pub mod census;
 pub mod dashboard;
 pub mod json;
 pub mod periodic;

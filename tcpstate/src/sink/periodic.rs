@@ -2,6 +2,7 @@
 //! blocks or JSON documents, every interval and/or at the end.
 
 use std::{
+    collections::BTreeMap,
     io::{self, Write},
     time::{Duration, Instant},
 };
@@ -10,8 +11,11 @@ use bytes::BufMut as _;
 use serde::Serialize;
 
 use super::{BatchWriter, Flow, Sink, report};
-use crate::model::{
-    aggregate::Aggregator, clock::Clock, counters::KernelCounters, report::Report, transition::Transition,
+use crate::{
+    model::{
+        aggregate::Aggregator, clock::Clock, counters::KernelCounters, report::Report, transition::Transition,
+    },
+    source::procnet,
 };
 
 #[derive(Serialize)]
@@ -57,6 +61,7 @@ pub struct ReportSink<W: Write> {
     started: Instant,
     last: (Instant, KernelCounters),
     clock: Clock,
+    tcpext_at_start: BTreeMap<String, u64>,
 }
 
 impl<W: Write> ReportSink<W> {
@@ -71,11 +76,15 @@ impl<W: Write> ReportSink<W> {
             started: now,
             last: (now, KernelCounters::default()),
             clock: Clock::new(),
+            tcpext_at_start: procnet::tcpext(),
         }
     }
 
     pub fn report(&self, counters: &KernelCounters) -> Report {
-        Report::build(&self.aggregator, counters, self.top, self.started.elapsed().as_secs_f64())
+        let mut report =
+            Report::build(&self.aggregator, counters, self.top, self.started.elapsed().as_secs_f64());
+        report.tcpext = procnet::delta(&self.tcpext_at_start, &procnet::tcpext());
+        report
     }
 
     /// Writes one report; with an interval (top), headed by the rates since

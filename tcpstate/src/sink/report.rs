@@ -136,6 +136,13 @@ pub fn render(out: &mut impl Write, r: &Report) -> fmt::Result {
         "\nEvents: received {}, dropped {}, socket-table insert failures {}, unreadable {}, tracepoint hits skipped {}{warn}",
         l.events_received, l.events_dropped, l.socket_insert_failed, l.unreadable_records, skipped
     )?;
+    if !r.tcpext.is_empty() {
+        write!(out, "Kernel TcpExt counters over the session (tcpstate's namespace):")?;
+        for (k, v) in &r.tcpext {
+            write!(out, " {k} +{v}")?;
+        }
+        writeln!(out)?;
+    }
     writeln!(out, "Covers {:.1} s.", r.elapsed_s)
 }
 

@@ -1,0 +1,239 @@
+//! A census of current TCP sockets: counts per state (timewait sockets
+//! under their real substate), their remaining timers, and groupings.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
+
+use serde::Serialize;
+
+use super::transition::{Comm, TcpState};
+use crate::source::sockdiag::SockEntry;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupBy {
+    /// Local port
+    Lport,
+    /// Remote address
+    Raddr,
+    /// Owning process (timewait sockets have none)
+    Process,
+}
+
+impl GroupBy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lport => "lport",
+            Self::Raddr => "raddr",
+            Self::Process => "process",
+        }
+    }
+}
+
+/// inode → owning process, from /proc (as `ss -p` does).
+pub type Owners = HashMap<u32, (u32, Comm)>;
+
+/// Remaining time on timewait timers, in ms.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Remaining {
+    pub min_ms: u64,
+    pub p50_ms: u64,
+    pub p90_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Remaining {
+    fn of(mut ms: Vec<u64>) -> Option<Self> {
+        ms.sort_unstable();
+        let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+        (!ms.is_empty()).then(|| Self {
+            min_ms: ms[0],
+            p50_ms: at(0.5),
+            p90_ms: at(0.9),
+            max_ms: ms[ms.len() - 1],
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Timewait {
+    /// TIME_WAIT, or FIN_WAIT2 for an orphan waiting for the peer's FIN.
+    pub substate: &'static str,
+    pub count: u64,
+    pub remaining: Option<Remaining>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Group {
+    pub key: String,
+    pub total: u64,
+    pub states: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Census {
+    pub time: String,
+    pub netns: String,
+    pub total: u64,
+    /// Sockets per state, as `ss -tan` counts them.
+    pub states: BTreeMap<&'static str, u64>,
+    /// The timewait sockets among them, by substate.
+    pub timewait: Vec<Timewait>,
+    pub by: Option<&'static str>,
+    pub groups: Vec<Group>,
+}
+
+fn group_key(s: &SockEntry, by: GroupBy, owners: &Owners) -> String {
+    match by {
+        GroupBy::Lport => s.sport.to_string(),
+        GroupBy::Raddr => s.daddr.to_string(),
+        GroupBy::Process => match owners.get(&s.inode) {
+            Some((pid, comm)) => format!("{pid}/{comm}"),
+            None if s.timewait => "(timewait: no owner in the kernel)".into(),
+            None => "(no owner found)".into(),
+        },
+    }
+}
+
+impl Census {
+    pub fn build(
+        entries: &[SockEntry],
+        by: Option<GroupBy>,
+        owners: &Owners,
+        netns: String,
+        time: String,
+    ) -> Self {
+        let mut states: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut timers: BTreeMap<TcpState, Vec<u64>> = BTreeMap::new();
+        let mut groups: HashMap<String, BTreeMap<&'static str, u64>> = HashMap::new();
+        for s in entries {
+            *states.entry(s.state.name()).or_default() += 1;
+            if s.timewait {
+                timers
+                    .entry(s.state)
+                    .or_default()
+                    .push(s.expires.unwrap_or(Duration::ZERO).as_millis() as u64);
+            }
+            if let Some(by) = by {
+                *groups.entry(group_key(s, by, owners)).or_default().entry(s.state.name()).or_default() += 1;
+            }
+        }
+        let mut groups: Vec<Group> = groups
+            .into_iter()
+            .map(|(key, states)| Group { key, total: states.values().sum(), states })
+            .collect();
+        groups.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.key.cmp(&b.key)));
+        Self {
+            time,
+            netns,
+            total: entries.len() as u64,
+            states,
+            timewait: timers
+                .into_iter()
+                .map(|(state, ms)| Timewait {
+                    substate: state.name(),
+                    count: ms.len() as u64,
+                    remaining: Remaining::of(ms),
+                })
+                .collect(),
+            by: by.map(GroupBy::name),
+            groups,
+        }
+    }
+}
+
+/// Maps socket inodes to the processes holding them, by reading
+/// `/proc/PID/fd`. Processes that vanish or deny access are skipped.
+pub fn socket_owners() -> Owners {
+    let mut owners = Owners::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return owners };
+    for proc_entry in procs.flatten() {
+        let Some(pid) = proc_entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else { continue };
+        let comm = std::fs::read_to_string(proc_entry.path().join("comm")).unwrap_or_default();
+        let comm = Comm::from(comm.trim_end());
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+            let inode = target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|n| n.parse::<u32>().ok());
+            if let Some(inode) = inode {
+                owners.entry(inode).or_insert((pid, comm));
+            }
+        }
+    }
+    owners
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sock(state: TcpState, sport: u16, timewait: bool, expires_ms: u64, inode: u32) -> SockEntry {
+        SockEntry {
+            state,
+            saddr: "127.0.0.1".parse().unwrap(),
+            sport,
+            daddr: "127.0.0.2".parse().unwrap(),
+            dport: 80,
+            timewait,
+            expires: timewait.then(|| Duration::from_millis(expires_ms)),
+            inode,
+        }
+    }
+
+    #[test]
+    fn counts_states_and_timewait_timers() {
+        let socks = [
+            sock(TcpState::ESTABLISHED, 1000, false, 0, 11),
+            sock(TcpState::ESTABLISHED, 1001, false, 0, 12),
+            sock(TcpState::TIME_WAIT, 1002, true, 59_000, 0),
+            sock(TcpState::TIME_WAIT, 1003, true, 30_000, 0),
+            sock(TcpState::TIME_WAIT, 1004, true, 1_000, 0),
+            sock(TcpState::FIN_WAIT2, 1005, true, 40_000, 0),
+            sock(TcpState::FIN_WAIT2, 1006, false, 0, 13),
+        ];
+        let mut owners = Owners::new();
+        owners.insert(11, (42, Comm::from("nginx")));
+        let c = Census::build(&socks, Some(GroupBy::Process), &owners, "current".into(), "t".into());
+        assert_eq!(c.total, 7);
+        assert_eq!(c.states["ESTABLISHED"], 2);
+        assert_eq!(c.states["TIME_WAIT"], 3);
+        assert_eq!(c.states["FIN_WAIT2"], 2);
+        let tw: Vec<_> = c.timewait.iter().map(|t| (t.substate, t.count)).collect();
+        assert_eq!(tw, [("FIN_WAIT2", 1), ("TIME_WAIT", 3)]);
+        let r = c.timewait[1].remaining.as_ref().unwrap();
+        assert_eq!((r.min_ms, r.p50_ms, r.max_ms), (1_000, 30_000, 59_000));
+        let keys: Vec<_> = c.groups.iter().map(|g| (g.key.as_str(), g.total)).collect();
+        assert_eq!(
+            keys,
+            [("(timewait: no owner in the kernel)", 4), ("(no owner found)", 2), ("42/nginx", 1)]
+        );
+    }
+
+    #[test]
+    fn groups_by_port_and_address() {
+        let socks = [sock(TcpState::ESTABLISHED, 80, false, 0, 1), sock(TcpState::TIME_WAIT, 80, true, 5, 0)];
+        let c = Census::build(&socks, Some(GroupBy::Lport), &Owners::new(), "n".into(), "t".into());
+        assert_eq!(c.groups.len(), 1);
+        assert_eq!(c.groups[0].key, "80");
+        assert_eq!(c.groups[0].states["TIME_WAIT"], 1);
+        let c = Census::build(&socks, Some(GroupBy::Raddr), &Owners::new(), "n".into(), "t".into());
+        assert_eq!(c.groups[0].key, "127.0.0.2");
+        assert!(Census::build(&socks, None, &Owners::new(), "n".into(), "t".into()).groups.is_empty());
+    }
+
+    #[test]
+    fn finds_our_own_socket_owner() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        use std::os::fd::AsRawFd as _;
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", listener.as_raw_fd())).unwrap();
+        let inode: u32 =
+            link.to_str().unwrap().trim_start_matches("socket:[").trim_end_matches(']').parse().unwrap();
+        let owners = socket_owners();
+        assert_eq!(owners.get(&inode).map(|o| o.0), Some(std::process::id()));
+    }
+}

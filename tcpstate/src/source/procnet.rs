@@ -1,0 +1,121 @@
+//! The kernel's own TCP settings and counters, from /proc: sysctls under
+//! /proc/sys/net/ipv4 and the TcpExt counters in /proc/net/netstat. Both
+//! belong to the network namespace of the thread that reads them.
+
+use std::{collections::BTreeMap, fs, path::Path};
+
+/// The TcpExt counters that bear on TIME_WAIT.
+pub const TCPEXT_KEYS: [&str; 4] = ["TW", "TWKilled", "TWRecycled", "TCPTimeWaitOverflow"];
+
+/// Parses the `TcpExt:` header and value lines of /proc/net/netstat.
+pub fn parse_tcpext(netstat: &str) -> BTreeMap<String, u64> {
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else { return BTreeMap::new() };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+/// The TIME_WAIT-related TcpExt counters now, in this thread's namespace.
+pub fn tcpext() -> BTreeMap<String, u64> {
+    let all = parse_tcpext(&fs::read_to_string("/proc/net/netstat").unwrap_or_default());
+    all.into_iter().filter(|(k, _)| TCPEXT_KEYS.contains(&k.as_str())).collect()
+}
+
+/// How much each counter grew between two readings.
+pub fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after.iter().map(|(k, v)| (k.clone(), v.saturating_sub(before.get(k).copied().unwrap_or(0)))).collect()
+}
+
+/// A TCP setting people copy from blog posts, and what it really does.
+pub struct Knob {
+    pub name: &'static str,
+    pub meaning: &'static str,
+}
+
+/// In the order an SRE fighting TIME_WAIT should read them.
+pub const KNOBS: [Knob; 9] = [
+    Knob {
+        name: "tcp_fin_timeout",
+        meaning: "how long an orphaned socket (its app already closed it) waits in FIN_WAIT2 for the peer's FIN. \
+                  It does NOT shorten TIME_WAIT, which is fixed at 60 s; a socket's TCP_LINGER2 overrides it.",
+    },
+    Knob {
+        name: "tcp_tw_reuse",
+        meaning: "lets connect() take over a TIME_WAIT 4-tuple once it is tcp_tw_reuse_delay old (needs TCP \
+                  timestamps). Outgoing connections only; it does nothing for a server. 0 off, 1 on, 2 loopback only.",
+    },
+    Knob {
+        name: "tcp_tw_reuse_delay",
+        meaning: "ms a TIME_WAIT socket must age before tcp_tw_reuse may reuse its 4-tuple.",
+    },
+    Knob {
+        name: "tcp_max_tw_buckets",
+        meaning: "cap on timewait sockets in this namespace. Past it, TIME_WAIT is skipped (the connection loses its \
+                  protection against old duplicates) and TcpExt TCPTimeWaitOverflow counts each one.",
+    },
+    Knob {
+        name: "tcp_tw_recycle",
+        meaning: "removed in Linux 4.12: it broke clients behind NAT. A recipe that sets it fails.",
+    },
+    Knob {
+        name: "ip_local_port_range",
+        meaning: "ephemeral ports for outgoing connections. A client-side TIME_WAIT keeps its port busy for that \
+                  4-tuple for 60 s, which is how TIME_WAIT exhausts ports.",
+    },
+    Knob {
+        name: "tcp_syncookies",
+        meaning: "answer SYNs with cookies when the SYN backlog overflows: 0 off, 1 on overflow, 2 always.",
+    },
+    Knob {
+        name: "tcp_max_syn_backlog",
+        meaning: "half-open connections kept per listener before SYNs are dropped or cookied.",
+    },
+    Knob {
+        name: "tcp_keepalive_time",
+        meaning: "seconds an idle connection waits before the first keepalive probe, for sockets with SO_KEEPALIVE.",
+    },
+];
+
+/// Fixed in the kernel, with no sysctl: what every TIME_WAIT lasts.
+pub const TIME_WAIT_LEN_S: u64 = 60;
+
+/// A knob's current value, or `None` where the running kernel has no such
+/// setting.
+pub fn read_knob(root: &Path, name: &str) -> Option<String> {
+    let raw = fs::read_to_string(root.join(name)).ok()?;
+    Some(raw.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tcpext() {
+        let netstat = "TcpExt: SyncookiesSent TW TWKilled TWRecycled TCPTimeWaitOverflow\n\
+                       TcpExt: 0 12 3 0 7\n\
+                       IpExt: InNoRoutes\nIpExt: 0\n";
+        let m = parse_tcpext(netstat);
+        assert_eq!(m["TW"], 12);
+        assert_eq!(m["TCPTimeWaitOverflow"], 7);
+        let before = m.clone();
+        let mut after = m;
+        *after.get_mut("TW").unwrap() += 5;
+        assert_eq!(delta(&before, &after)["TW"], 5);
+        assert_eq!(delta(&before, &after)["TWKilled"], 0);
+    }
+
+    #[test]
+    fn live_counters_and_knobs() {
+        let now = tcpext();
+        assert_eq!(now.len(), TCPEXT_KEYS.len(), "{now:?}");
+        let root = Path::new("/proc/sys/net/ipv4");
+        assert!(read_knob(root, "tcp_fin_timeout").unwrap().parse::<u32>().is_ok());
+        assert_eq!(read_knob(root, "ip_local_port_range").unwrap().split(' ').count(), 2);
+        assert_eq!(read_knob(root, "tcp_tw_recycle"), None, "removed in 4.12");
+    }
+}
