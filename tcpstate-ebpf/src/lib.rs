@@ -155,7 +155,7 @@ pub const FLAG_OWNER_FROM_LISTENER: u8 = 2;
 /// The socket has been followed since its first transition.
 pub const FLAG_FROM_START: u8 = 4;
 
-/// One state transition, as sent through the ring buffer. 96 bytes.
+/// One state transition, as sent through the ring buffer. 104 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
@@ -171,6 +171,8 @@ pub struct Event {
     pub daddr: [u8; 16],
     pub comm: [u8; 16],
     pub pid: u32,
+    /// Inode of the socket's network namespace; 0 when unknown.
+    pub netns: u32,
     pub sport: u16,
     pub dport: u16,
     pub family: u16,
@@ -178,7 +180,7 @@ pub struct Event {
     pub newstate: u8,
     pub close: u8,
     pub flags: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 6],
 }
 
 /// Per-socket record in the kernel's socket table, keyed by `skaddr`.
@@ -189,9 +191,10 @@ pub struct SockRecord {
     pub last_change_ns: u64,
     pub comm: [u8; 16],
     pub pid: u32,
+    pub netns: u32,
     pub close: u8,
     pub flags: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 6],
 }
 
 /// A process that owns a socket: the listener table's value.
@@ -247,6 +250,17 @@ pub struct RecordOffsets {
 pub const RECORD_SCRATCH_LEN: usize = 144;
 pub const RECORD_OFFSET_MASK: u16 = 0x7f;
 
+/// Offsets into kernel structures, from BTF at start: how to read a
+/// socket's network namespace. Zero when BTF is missing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `struct sock` → `__sk_common.skc_net.net` (a `struct net *`).
+    pub net: u16,
+    /// `struct net` → `ns.inum`.
+    pub net_inum: u16,
+}
+
 /// Load-time configuration, the program's `CONFIG` global.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -258,6 +272,8 @@ pub struct Config {
     pub offsets: RecordOffsets,
     pub family: u8,
     pub filters: u8,
+    pub sock: SockOffsets,
+    pub _pad: [u8; 4],
 }
 
 impl Config {
@@ -281,6 +297,8 @@ impl Config {
             },
             family: FAMILY_ANY,
             filters: 0,
+            sock: SockOffsets { net: 0, net_inum: 0 },
+            _pad: [0; 4],
         }
     }
 }
@@ -398,11 +416,11 @@ mod tests {
 
     #[test]
     fn abi_sizes_are_fixed() {
-        assert_eq!(core::mem::size_of::<Event>(), 96);
-        assert_eq!(core::mem::size_of::<SockRecord>(), 40);
+        assert_eq!(core::mem::size_of::<Event>(), 104);
+        assert_eq!(core::mem::size_of::<SockRecord>(), 48);
         assert_eq!(core::mem::size_of::<Owner>(), 24);
         assert_eq!(core::mem::size_of::<RecordOffsets>(), 22);
-        assert_eq!(core::mem::size_of::<Config>(), 32);
+        assert_eq!(core::mem::size_of::<Config>(), 40);
         assert!(transition_index(15, 15) < TRANSITION_SLOTS);
         assert_eq!(transition_index(TCP_ESTABLISHED, TCP_FIN_WAIT1), 16 + 4);
     }

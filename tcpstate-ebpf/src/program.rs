@@ -5,7 +5,10 @@
 use aya_ebpf::{
     EbpfContext as _, Global,
     bindings::{BPF_F_NO_COMMON_LRU, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_buf,
+    },
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
@@ -134,14 +137,15 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
         Some(rec) => now.saturating_sub(rec.last_change_ns),
         None => DURATION_UNKNOWN,
     };
-    let mut rec = known.unwrap_or(SockRecord {
+    let mut rec = known.unwrap_or_else(|| SockRecord {
         first_seen_ns: now,
         last_change_ns: now,
         comm: [0; 16],
         pid: 0,
+        netns: netns_of(skaddr, cfg.sock),
         close: CLOSE_UNKNOWN,
         flags: if new_life { FLAG_FROM_START } else { 0 },
-        _pad: [0; 2],
+        _pad: [0; 6],
     });
 
     if owner_is_current(old, new) {
@@ -198,6 +202,7 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
         daddr,
         comm: rec.comm,
         pid: rec.pid,
+        netns: rec.netns,
         sport,
         dport,
         family,
@@ -205,7 +210,7 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
         newstate: new,
         close: rec.close,
         flags: rec.flags,
-        _pad: [0; 2],
+        _pad: [0; 6],
     });
     // Waking the reader costs more than the rest of the program, so wake it
     // only once a batch is waiting; it also drains on a timer.
@@ -216,6 +221,20 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
     };
     entry.submit(wakeup);
     Ok(())
+}
+
+/// The inode of the socket's network namespace, read once per socket
+/// through offsets from BTF; 0 when they are unknown or a read fails.
+#[inline(always)]
+fn netns_of(skaddr: u64, sock: SockOffsets) -> u32 {
+    if sock.net == 0 || sock.net_inum == 0 {
+        return 0;
+    }
+    // SAFETY: kernel addresses read through the fault-safe helper.
+    unsafe {
+        let Ok(net) = bpf_probe_read_kernel((skaddr + u64::from(sock.net)) as *const u64) else { return 0 };
+        bpf_probe_read_kernel((net + u64::from(sock.net_inum)) as *const u32).unwrap_or(0)
+    }
 }
 
 /// The filters, all of which must hold. The owner filters look at the

@@ -5,8 +5,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    model::transition::Family,
-    source::tracer::{Filters, TracerOptions},
+    model::{timewait, transition::Family},
+    source::{
+        timewait::Follower,
+        tracer::{Filters, TracerOptions},
+    },
 };
 
 #[derive(Debug, Parser)]
@@ -169,11 +172,22 @@ pub struct SessionArgs {
     #[arg(long, value_name = "N", default_value_t = TracerOptions::DEFAULT_MAX_SOCKETS,
           value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
     pub max_sockets: u32,
+    /// Do not follow connections into their timewait sockets
+    #[arg(long)]
+    pub no_timewait: bool,
+    /// How often to poll sock_diag for followed timewait sockets
+    #[arg(long, value_name = "INTERVAL", default_value = "200ms", value_parser = parse_duration)]
+    pub tw_poll: Duration,
 }
 
 impl SessionArgs {
     pub fn tracer_options(&self, filters: Filters) -> TracerOptions {
         TracerOptions { filters, ring_bytes: self.ring_size, max_sockets: self.max_sockets }
+    }
+
+    /// The timewait follower, unless turned off.
+    pub fn follower(&self) -> Option<Follower> {
+        (!self.no_timewait).then(|| Follower::new(self.tw_poll, timewait::DEFAULT_CAPACITY))
     }
 }
 

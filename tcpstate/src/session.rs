@@ -11,7 +11,10 @@ use tokio::{
 
 use crate::{
     sink::{Flow, Sink, is_closed_pipe},
-    source::tracer::{POLL_INTERVAL, Tracer},
+    source::{
+        timewait::Follower,
+        tracer::{POLL_INTERVAL, Tracer},
+    },
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,9 +27,32 @@ pub enum EndReason {
     OutputClosed,
 }
 
-fn deliver(tracer: &mut Tracer, sink: &mut dyn Sink) -> io::Result<Flow> {
-    tracer.drain(|t| sink.transition(&t))?;
-    sink.flush()?;
+/// Hands the waiting transitions to the sink, and to the timewait follower,
+/// whose events go to the sink too.
+fn drain(tracer: &mut Tracer, sink: &mut dyn Sink, follower: &mut Option<&mut Follower>) -> io::Result<()> {
+    tracer.drain(|t| {
+        sink.transition(&t)?;
+        match follower.as_mut().and_then(|f| f.on_transition(&t)) {
+            Some(ended) => sink.timewait(&ended),
+            None => Ok(()),
+        }
+    })?;
+    if let Some(f) = follower {
+        let mut events = Vec::new();
+        f.poll_if_due(&mut events).map_err(io::Error::other)?;
+        for e in &events {
+            sink.timewait(e)?;
+        }
+    }
+    sink.flush()
+}
+
+fn deliver(
+    tracer: &mut Tracer,
+    sink: &mut dyn Sink,
+    follower: &mut Option<&mut Follower>,
+) -> io::Result<Flow> {
+    drain(tracer, sink, follower)?;
     sink.tick(&|| tracer.counters().map_err(io::Error::other))
 }
 
@@ -34,6 +60,7 @@ pub async fn run(
     tracer: &mut Tracer,
     sink: &mut dyn Sink,
     duration: Option<Duration>,
+    mut follower: Option<&mut Follower>,
 ) -> anyhow::Result<EndReason> {
     // SAFETY: the tracer owns the fd and outlives `ready`, which is dropped
     // (and deregistered) at the end of this function.
@@ -58,7 +85,7 @@ pub async fn run(
             guard = ready.readable() => guard?.clear_ready(),
             _ = timer.tick() => {}
         }
-        match deliver(tracer, sink) {
+        match deliver(tracer, sink, &mut follower) {
             Ok(Flow::Continue) => {}
             Ok(Flow::Stop) => break EndReason::Quit,
             Err(e) if is_closed_pipe(&e) => return Ok(EndReason::OutputClosed),
@@ -66,7 +93,7 @@ pub async fn run(
         }
     };
     // What arrived before the end still counts.
-    match tracer.drain(|t| sink.transition(&t)).and_then(|_| sink.flush()) {
+    match drain(tracer, sink, &mut follower) {
         Err(e) if is_closed_pipe(&e) => Ok(EndReason::OutputClosed),
         other => other.map(|()| reason).map_err(Into::into),
     }

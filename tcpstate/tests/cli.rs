@@ -165,9 +165,14 @@ fn json_lines_with_documented_fields_and_a_summary() {
     let mut summary = String::new();
     stderr.read_to_string(&mut summary).unwrap();
 
-    let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let all: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<&serde_json::Value> = all.iter().filter(|r| r["kind"] == "transition").collect();
     // Listener 2 + 3 × (client 5 + server 5).
     assert_eq!(rows.len(), 32, "{stdout}");
+    // Each client-side close was followed into its timewait socket.
+    let entered: Vec<_> = all.iter().filter(|r| r["kind"] == "timewait" && r["event"] == "entered").collect();
+    assert_eq!(entered.len(), 3, "{stdout}");
+    assert!(entered.iter().all(|r| r["pid"] == std::process::id() && r["mode"] == "sock_diag"));
     for row in &rows {
         for key in [
             "ts_ns",
@@ -218,7 +223,9 @@ fn sigterm_detaches_and_prints_the_summary() {
     child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
     let mut summary = String::new();
     stderr.read_to_string(&mut summary).unwrap();
-    assert_eq!(stdout.lines().count(), 1 + 12, "{stdout}");
+    let transitions = stdout.lines().filter(|l| !l.ends_with(" timewait")).count();
+    assert_eq!(transitions, 1 + 12, "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.contains("(handover)   -> tw:")).count(), 1, "{stdout}");
     assert!(stdout.lines().next().unwrap().starts_with("TIME(UTC)"));
     assert!(summary.contains("total                                12"), "{summary}");
 }

@@ -219,16 +219,26 @@ fn memory_stays_bounded_over_100k_connections() {
     }
     client.finish();
     server.finish();
-    let events = collect(&mut tracer, Duration::from_secs(10), |e| {
-        e.iter().any(|t| t.old.name() == "LISTEN" && t.new.name() == "CLOSE")
-    });
+    // Both peers are gone, so every event is in the ring: drain it once more.
+    // (The listener's close may already have been drained in the loop.)
+    let events = collect(&mut tracer, Duration::ZERO, |_| true);
     for t in &events {
         agg.observe(t);
     }
     let counters = tracer.counters().unwrap();
     assert_eq!(counters.ringbuf_full, 0, "events dropped");
     assert_eq!(agg.time_wait, CONNECTIONS);
-    assert_eq!(agg.closes.active + agg.closes.passive, 2 * CONNECTIONS);
+    // Every connection closed once on each side; the server closed them all
+    // first. (Under churn a client side can rarely end in a reset: a SYN
+    // meeting an old timewait socket as the ports wrap around.)
+    assert_eq!(agg.closes.active, CONNECTIONS, "{:?}", agg.closes);
+    assert_eq!(
+        agg.closes.total() + agg.closes_unknown,
+        2 * CONNECTIONS,
+        "{:?} unknown {}",
+        agg.closes,
+        agg.closes_unknown
+    );
     // Per-socket state went as sockets closed.
     assert_eq!(agg.sockets.len(), 0);
     assert!(peak_sockets < 1000, "peak {peak_sockets} sockets followed at once");

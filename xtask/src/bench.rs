@@ -34,6 +34,9 @@ pub struct Options {
     /// Where to write the JSON results
     #[arg(long, default_value = "target/bench/results.json")]
     json: PathBuf,
+    /// Only the census comparison (tcpstate census against ss and netstat)
+    #[arg(long)]
+    census_only: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -239,6 +242,74 @@ fn program_ns_per_run(tcpstate: &Path, churn_bin: &Path, opts: &Options) -> anyh
     Ok(per_run)
 }
 
+const CENSUS_NETNS: &str = "tcpstate-census";
+
+/// Median wall time of a command over `reps` runs, in ms.
+fn time_ms(cmd: &[String], reps: usize) -> anyhow::Result<f64> {
+    let mut times = Vec::new();
+    for _ in 0..reps {
+        let start = std::time::Instant::now();
+        let out =
+            Command::new(&cmd[0]).args(&cmd[1..]).stdout(Stdio::piped()).stderr(Stdio::null()).output()?;
+        if !out.status.success() {
+            bail!("{cmd:?} failed");
+        }
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(times))
+}
+
+/// `tcpstate census` against the commands people run today, at 10k and
+/// 100k sockets (client-side TIME_WAITs, in a namespace of their own).
+fn census(tcpstate: &Path, churn_bin: &Path, opts: &Options) -> anyhow::Result<serde_json::Value> {
+    let have_netstat = Command::new("netstat").arg("--version").output().is_ok();
+    let mut rows = Vec::new();
+    println!(
+        "\n{:<10} {:>14} {:>16} {:>20} {:>12}",
+        "SOCKETS", "census ms", "ss|awk ms", "netstat|awk ms", "ss/census"
+    );
+    for n in [10_000u64, 100_000] {
+        let _ = ip(&["netns", "del", CENSUS_NETNS]);
+        ip(&["netns", "add", CENSUS_NETNS])?;
+        ip(&["-n", CENSUS_NETNS, "link", "set", "lo", "up"])?;
+        for s in ["net.ipv4.tcp_max_tw_buckets=262144", "net.ipv4.tcp_tw_reuse=0"] {
+            run_cmd(Command::new("ip").args(["netns", "exec", CENSUS_NETNS, "sysctl", "-qw", s]))?;
+        }
+        capture(
+            Command::new(churn_bin)
+                .args(["--netns", CENSUS_NETNS, "--seconds", "50", "--port", "9901"])
+                .args(["--threads", &opts.threads.to_string(), "--connections", &n.to_string()]),
+        )?;
+        let exec = |args: &[&str]| -> Vec<String> {
+            ["ip", "netns", "exec", CENSUS_NETNS].iter().chain(args).map(|s| s.to_string()).collect()
+        };
+        let census_cmd = exec(&[tcpstate.to_str().unwrap_or("tcpstate"), "census", "--json"]);
+        let counted: serde_json::Value =
+            serde_json::from_str(&capture(Command::new(&census_cmd[0]).args(&census_cmd[1..]))?)?;
+        let ss_cmd = exec(&["sh", "-c", "ss -tan | awk 'NR>1 {++S[$1]} END {for (a in S) print a, S[a]}'"]);
+        let ns_cmd =
+            exec(&["sh", "-c", "netstat -n | awk '/^tcp/ {++S[$NF]} END {for(a in S) print a, S[a]}'"]);
+        let reps = 5;
+        let census_ms = time_ms(&census_cmd, reps)?;
+        let ss_ms = time_ms(&ss_cmd, reps)?;
+        let netstat_ms = if have_netstat { Some(time_ms(&ns_cmd, reps)?) } else { None };
+        println!(
+            "{:<10} {:>14.1} {:>16.1} {:>20} {:>12.2}",
+            counted["total"],
+            census_ms,
+            ss_ms,
+            netstat_ms.map_or("-".into(), |v| format!("{v:.1}")),
+            ss_ms / census_ms
+        );
+        rows.push(serde_json::json!({
+            "sockets": counted["total"], "states": counted["states"], "census_ms": census_ms,
+            "ss_awk_ms": ss_ms, "netstat_awk_ms": netstat_ms,
+        }));
+    }
+    let _ = ip(&["netns", "del", CENSUS_NETNS]);
+    Ok(serde_json::Value::Array(rows))
+}
+
 pub fn bench(opts: &Options) -> anyhow::Result<()> {
     run_cmd(cargo().args(["build", "--release", "--package", "tcpstate", "--package", "tcpstate-tests"]))?;
     let target = workspace_root().join("target/release");
@@ -246,12 +317,26 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
     let _ = ip(&["netns", "del", NETNS]);
     ip(&["netns", "add", NETNS])?;
     ip(&["-n", NETNS, "link", "set", "lo", "up"])?;
-    let result = measure(&tcpstate, &churn_bin, opts);
+    let result =
+        if opts.census_only { Ok(serde_json::Value::Null) } else { measure(&tcpstate, &churn_bin, opts) };
     let _ = ip(&["netns", "del", NETNS]);
-    result
+    let mut doc = result?;
+    let census = census(&tcpstate, &churn_bin, opts)?;
+    if let Some(obj) = doc.as_object_mut() {
+        obj.insert("census".into(), census);
+    } else {
+        doc = serde_json::json!({ "census": census });
+    }
+    let path = workspace_root().join(&opts.json);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
+    println!("results: {}", path.display());
+    Ok(())
 }
 
-fn measure(tcpstate: &Path, churn_bin: &Path, opts: &Options) -> anyhow::Result<()> {
+fn measure(tcpstate: &Path, churn_bin: &Path, opts: &Options) -> anyhow::Result<serde_json::Value> {
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "bench: {} reps × {} modes, {} s churn each, {} client threads, {nproc} CPUs",
@@ -342,11 +427,5 @@ fn measure(tcpstate: &Path, churn_bin: &Path, opts: &Options) -> anyhow::Result<
         "program_ns_per_run": per_run_ns,
         "modes": rows,
     });
-    let path = workspace_root().join(&opts.json);
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
-    println!("results: {}", path.display());
-    Ok(())
+    Ok(doc)
 }

@@ -6,37 +6,47 @@ use crate::{
     model::aggregate::{Aggregator, DEFAULT_SOCKET_CAP, DEFAULT_TABLE_CAP},
     session::{self, EndReason},
     sink::{dashboard::Dashboard, is_closed_pipe, periodic::ReportSink},
-    source::tracer::Tracer,
+    source::{timewait::Follower, tracer::Tracer},
 };
 
-fn aggregator() -> Aggregator {
-    Aggregator::new(DEFAULT_TABLE_CAP, DEFAULT_SOCKET_CAP)
+fn aggregator(follows_timewait: bool) -> Aggregator {
+    Aggregator::new(DEFAULT_TABLE_CAP, DEFAULT_SOCKET_CAP).following_timewait(follows_timewait)
 }
 
 pub async fn stats(args: StatsArgs, out: Output<'_>) -> anyhow::Result<()> {
     let mut tracer = Tracer::start(&args.session.tracer_options(args.filters.to_filters()))?;
-    let mut sink = ReportSink::new(out.writer, aggregator(), args.report.json, args.report.top.into(), None);
-    (out.on_ready)("Collecting TCP state transitions. Hit Ctrl-C to end and report.");
-    final_report(&mut tracer, &mut sink, args.session.duration).await
+    let mut follower = args.session.follower();
+    let mut sink = ReportSink::new(
+        out.writer,
+        aggregator(follower.is_some()),
+        args.report.json,
+        args.report.top.into(),
+        None,
+    );
+    (out.on_ready)(&format!(
+        "Collecting TCP state transitions{}. Hit Ctrl-C to end and report.",
+        super::trace::following(follower.as_ref())
+    ));
+    final_report(&mut tracer, &mut sink, args.session.duration, follower.as_mut()).await
 }
 
 pub async fn top(args: TopArgs, out: Output<'_>) -> anyhow::Result<()> {
     let mut tracer = Tracer::start(&args.session.tracer_options(args.filters.to_filters()))?;
+    let mut follower = args.session.follower();
+    let agg = aggregator(follower.is_some());
     if out.is_terminal && !args.report.json {
         (out.on_ready)("");
-        let mut dashboard = Dashboard::new(aggregator(), args.interval, args.report.top.into())?;
-        session::run(&mut tracer, &mut dashboard, args.session.duration).await?;
+        let mut dashboard = Dashboard::new(agg, args.interval, args.report.top.into())?;
+        session::run(&mut tracer, &mut dashboard, args.session.duration, follower.as_mut()).await?;
         return Ok(());
     }
-    let mut sink = ReportSink::new(
-        out.writer,
-        aggregator(),
-        args.report.json,
-        args.report.top.into(),
-        Some(args.interval),
-    );
-    (out.on_ready)("Tracing TCP state transitions. Hit Ctrl-C to end.");
-    final_report(&mut tracer, &mut sink, args.session.duration).await
+    let mut sink =
+        ReportSink::new(out.writer, agg, args.report.json, args.report.top.into(), Some(args.interval));
+    (out.on_ready)(&format!(
+        "Tracing TCP state transitions{}. Hit Ctrl-C to end.",
+        super::trace::following(follower.as_ref())
+    ));
+    final_report(&mut tracer, &mut sink, args.session.duration, follower.as_mut()).await
 }
 
 /// Runs the session, then reports what it saw unless stdout went away.
@@ -44,8 +54,13 @@ async fn final_report<W: std::io::Write>(
     tracer: &mut Tracer,
     sink: &mut ReportSink<W>,
     duration: Option<std::time::Duration>,
+    mut follower: Option<&mut Follower>,
 ) -> anyhow::Result<()> {
-    if session::run(tracer, sink, duration).await? == EndReason::OutputClosed {
+    let reason = session::run(tracer, sink, duration, follower.as_deref_mut()).await?;
+    if let Some(f) = follower {
+        eprintln!("{}", super::trace::follower_summary(f));
+    }
+    if reason == EndReason::OutputClosed {
         return Ok(());
     }
     match sink.emit(&tracer.counters()?) {

@@ -56,7 +56,7 @@ pub fn run(args: SysctlArgs, out: Output<'_>) -> anyhow::Result<()> {
         writeln!(text, "TCP TIME_WAIT settings in {}", doc.netns)?;
         writeln!(
             text,
-            "  {:<32} {:<20} fixed in the kernel (TCP_TIMEWAIT_LEN): no sysctl changes it",
+            "  {:<32} {:<20} fixed in the kernel (TCP_TIMEWAIT_LEN): no sysctl changes it; the timer wheel fires it up to a few seconds late",
             "TIME_WAIT length",
             format!("{TIME_WAIT_LEN_S} s")
         )?;

@@ -10,7 +10,10 @@ use crate::{
         json::JsonSink,
         text::{TextSink, address_width},
     },
-    source::tracer::Tracer,
+    source::{
+        timewait::{Follower, MODE},
+        tracer::Tracer,
+    },
 };
 
 pub async fn run(args: TraceArgs, out: Output<'_>) -> anyhow::Result<()> {
@@ -27,13 +30,43 @@ pub async fn run(args: TraceArgs, out: Output<'_>) -> anyhow::Result<()> {
             Err(e) => return Err(e.into()),
         }
     };
-    (out.on_ready)("Tracing TCP state transitions. Hit Ctrl-C to end.");
-    let reason = session::run(&mut tracer, sink.as_mut(), args.session.duration).await?;
+    let mut follower = args.session.follower();
+    (out.on_ready)(&format!(
+        "Tracing TCP state transitions{}. Hit Ctrl-C to end.",
+        following(follower.as_ref())
+    ));
+    let reason = session::run(&mut tracer, sink.as_mut(), args.session.duration, follower.as_mut()).await?;
     log::info!("trace ended: {reason:?}");
-    summarize(&tracer)
+    summarize(&tracer)?;
+    if let Some(f) = &follower {
+        eprintln!("{}", follower_summary(f));
+    }
+    Ok(())
 }
 
 fn summarize(tracer: &Tracer) -> anyhow::Result<()> {
     eprint!("\n{}", tracer.counters()?);
     Ok(())
+}
+
+/// Says how timewait sockets are followed, for the start-up line.
+pub fn following(follower: Option<&Follower>) -> String {
+    match follower {
+        Some(_) => format!(", following timewait sockets through {MODE} (fentry hooks are not used)"),
+        None => String::new(),
+    }
+}
+
+/// What following timewait sockets cost, for the summary.
+pub fn follower_summary(f: &Follower) -> String {
+    let c = f.cost;
+    format!(
+        "timewait sockets ({MODE}): {} still followed, {} polls read {} sockets in {:.1} ms, {} in unreachable namespaces, {} over capacity",
+        f.tracker.len(),
+        c.polls,
+        c.sockets_read,
+        c.time.as_secs_f64() * 1e3,
+        c.unreachable,
+        f.tracker.over_capacity
+    )
 }

@@ -10,7 +10,10 @@ use std::{
 use hdrhistogram::Histogram;
 use tcpstate_ebpf::TCP_STATE_COUNT;
 
-use super::transition::{CloseSide, Comm, TcpState, Transition};
+use super::{
+    timewait::{EndCause, TwEvent},
+    transition::{CloseSide, Comm, TcpState, Transition},
+};
 
 /// Rows an aggregate table keeps before counting new keys under "other".
 pub const DEFAULT_TABLE_CAP: usize = 4096;
@@ -51,6 +54,42 @@ impl Sides {
 
     pub fn total(&self) -> u64 {
         self.active + self.passive + self.simultaneous + self.reset
+    }
+}
+
+/// How followed timewait sockets ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Ends {
+    pub expired: u64,
+    pub reused: u64,
+    pub killed: u64,
+    pub unobserved: u64,
+}
+
+impl Ends {
+    fn slot(&mut self, cause: EndCause) -> &mut u64 {
+        match cause {
+            EndCause::Expired => &mut self.expired,
+            EndCause::Reused => &mut self.reused,
+            EndCause::Killed => &mut self.killed,
+            EndCause::Unobserved => &mut self.unobserved,
+        }
+    }
+
+    pub fn get(&self, cause: EndCause) -> u64 {
+        let mut copy = *self;
+        *copy.slot(cause)
+    }
+}
+
+impl Tally for Ends {
+    fn score(&self) -> u64 {
+        EndCause::ALL.iter().map(|&c| self.get(c)).sum()
+    }
+    fn merge(&mut self, other: &Self) {
+        for cause in EndCause::ALL {
+            *self.slot(cause) += other.get(cause);
+        }
     }
 }
 
@@ -214,6 +253,12 @@ pub struct Aggregator {
     pub time_wait_by_process: CappedTable<ProcessKey, u64>,
     pub time_wait_by_lport: CappedTable<u16, u64>,
     pub time_wait_by_remote: CappedTable<SocketAddr, u64>,
+    /// Followed timewait sockets: how they ended, overall and per producer.
+    pub timewait_ends: Ends,
+    pub timewait_ends_by_process: CappedTable<ProcessKey, Ends>,
+    /// Whether timewait sockets are followed: the FIN_WAIT2 time of a
+    /// connection handed to one is then recorded when it ends, whole.
+    pub follows_timewait: bool,
     /// Transitions observed in userspace.
     pub events: u64,
     table_cap: usize,
@@ -235,23 +280,57 @@ impl Aggregator {
             time_wait_by_process: CappedTable::new(table_cap),
             time_wait_by_lport: CappedTable::new(table_cap),
             time_wait_by_remote: CappedTable::new(table_cap),
+            timewait_ends: Ends::default(),
+            timewait_ends_by_process: CappedTable::new(table_cap),
+            follows_timewait: false,
             events: 0,
             table_cap,
         }
     }
 
+    pub fn following_timewait(mut self, follows: bool) -> Self {
+        self.follows_timewait = follows;
+        self
+    }
+
+    fn record(&mut self, state: TcpState, ns: u64) {
+        self.time_in_state[state.0 as usize % TCP_STATE_COUNT].saturating_record(ns.max(HIST_LOW_NS));
+    }
+
+    /// Takes in what the timewait follower saw end.
+    pub fn observe_timewait(&mut self, e: &TwEvent) {
+        let TwEvent::Ended { cause, fin_wait2_ns, time_wait_ns, owner, .. } = e else { return };
+        if let Some(ns) = *fin_wait2_ns {
+            self.record(TcpState::FIN_WAIT2, ns);
+        }
+        if let Some(ns) = *time_wait_ns {
+            self.record(TcpState::TIME_WAIT, ns);
+        }
+        *self.timewait_ends.slot(*cause) += 1;
+        let process = match owner {
+            Some(o) => ProcessKey { pid: Some(o.pid), comm: Some(o.comm) },
+            None => ProcessKey { pid: None, comm: None },
+        };
+        *self.timewait_ends_by_process.entry(process).slot(*cause) += 1;
+    }
+
     /// Forgets everything but the sockets being followed (the `r` key in top).
     pub fn reset(&mut self) {
         let sockets = std::mem::replace(&mut self.sockets, SocketTable::new(0));
-        *self = Self::new(self.table_cap, sockets.cap);
+        *self = Self::new(self.table_cap, sockets.cap).following_timewait(self.follows_timewait);
         self.sockets = sockets;
     }
 
     pub fn observe(&mut self, t: &Transition) {
         self.events += 1;
         self.sockets.observe(t);
-        if let Some(ns) = t.in_old_state_ns {
-            self.time_in_state[t.old.0 as usize % TCP_STATE_COUNT].saturating_record(ns.max(HIST_LOW_NS));
+        // A followed handover's FIN_WAIT2 time is recorded whole when its
+        // timewait socket ends.
+        let deferred = self.follows_timewait && t.old == TcpState::FIN_WAIT2 && enters_time_wait(t);
+        if let Some(ns) = t.in_old_state_ns
+            && !deferred
+        {
+            self.record(t.old, ns);
         }
         if !connection_closed(t) {
             return;
@@ -300,6 +379,7 @@ pub(crate) mod tests {
             seen_from_start: true,
             owner: Some(Owner { pid: 7, comm: Comm::from("nginx"), from_listener: false }),
             close,
+            netns: 1,
         }
     }
 
@@ -387,6 +467,31 @@ pub(crate) mod tests {
         assert_eq!(agg.time_wait, 0);
         assert_eq!(agg.events, 0);
         assert_eq!(agg.sockets.count(TcpState::LISTEN), 1);
+    }
+
+    #[test]
+    fn timewait_ends_and_whole_fin_wait2() {
+        use crate::model::timewait::TwKey;
+        let mut agg = Aggregator::new(16, 16).following_timewait(true);
+        server_closes_first(&mut agg, 1);
+        // The handover's 2 ms of FIN_WAIT2 wait for the timewait socket's end.
+        assert_eq!(agg.time_in_state[TcpState::FIN_WAIT2.0 as usize].len(), 0);
+        let t = step(1, TcpState::FIN_WAIT2, TcpState::CLOSE, Some(CloseSide::Active));
+        let key = TwKey { netns: 1, saddr: t.saddr, sport: t.sport, daddr: t.daddr, dport: t.dport };
+        agg.observe_timewait(&TwEvent::Ended {
+            key,
+            owner: t.owner,
+            at_ns: 0,
+            cause: EndCause::Expired,
+            substate: Some(TcpState::TIME_WAIT),
+            fin_wait2_ns: Some(302_000_000),
+            time_wait_ns: Some(60_000_000_000),
+        });
+        assert_eq!(agg.time_in_state[TcpState::FIN_WAIT2.0 as usize].len(), 1);
+        assert_eq!(agg.time_in_state[TcpState::TIME_WAIT.0 as usize].len(), 1);
+        assert_eq!(agg.timewait_ends.expired, 1);
+        let (rows, _) = agg.timewait_ends_by_process.top(5, Ends::score);
+        assert_eq!(rows[0].1.expired, 1);
     }
 
     #[test]

@@ -5,4 +5,5 @@ pub mod census;
 pub mod clock;
 pub mod counters;
 pub mod report;
+pub mod timewait;
 pub mod transition;

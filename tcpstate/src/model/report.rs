@@ -8,7 +8,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::{
-    aggregate::{Aggregator, CappedTable, ProcessKey, Sides, Tally},
+    aggregate::{Aggregator, CappedTable, Ends, ProcessKey, Sides, Tally},
     counters::KernelCounters,
     transition::{Comm, TcpState},
 };
@@ -62,6 +62,23 @@ pub struct CommSides {
     pub comm: Option<Comm>,
     #[serde(flatten)]
     pub sides: Sides,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProcessEnds {
+    pub pid: Option<u32>,
+    pub comm: Option<Comm>,
+    #[serde(flatten)]
+    pub ends: Ends,
+}
+
+/// How followed timewait sockets ended.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TimewaitEnds {
+    /// How they are followed: "sock_diag" here (fentry hooks are not used).
+    pub mode: &'static str,
+    pub total: Ends,
+    pub by_process: Ranked<ProcessEnds, Ends>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -161,6 +178,8 @@ pub struct Report {
     /// Seconds the aggregates cover.
     pub elapsed_s: f64,
     pub time_wait: TimeWaitProducers,
+    /// Null when timewait sockets are not followed (`--no-timewait`).
+    pub timewait_ends: Option<TimewaitEnds>,
     pub closes: Closes,
     pub time_in_state: Vec<StateDistribution>,
     /// From first sight to CLOSE, for connections seen from their start.
@@ -202,6 +221,14 @@ impl Report {
                     count,
                 }),
             },
+            timewait_ends: agg.follows_timewait.then(|| TimewaitEnds {
+                mode: crate::source::timewait::MODE,
+                total: agg.timewait_ends,
+                by_process: ranked(&agg.timewait_ends_by_process, top, |k, ends| {
+                    let (pid, comm) = process(k);
+                    ProcessEnds { pid, comm, ends }
+                }),
+            }),
             closes: Closes {
                 total: agg.closes,
                 unknown: agg.closes_unknown,

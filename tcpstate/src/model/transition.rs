@@ -190,6 +190,8 @@ pub struct Transition {
     pub seen_from_start: bool,
     pub owner: Option<Owner>,
     pub close: Option<CloseSide>,
+    /// Inode of the socket's network namespace; 0 when unknown.
+    pub netns: u32,
 }
 
 /// v4-mapped IPv6 addresses are shown as IPv4, as `ss` does.
@@ -240,6 +242,7 @@ impl Transition {
             seen_from_start: raw.flags & abi::FLAG_FROM_START != 0,
             owner,
             close: CloseSide::from_raw(raw.close),
+            netns: raw.netns,
         }
     }
 }
@@ -271,7 +274,8 @@ pub(crate) mod tests {
             newstate: abi::TCP_FIN_WAIT1,
             close: abi::CLOSE_ACTIVE,
             flags: abi::FLAG_OWNER_KNOWN | abi::FLAG_FROM_START,
-            _pad: [0; 2],
+            netns: 4026531840,
+            _pad: [0; 6],
         }
     }
 

@@ -22,6 +22,7 @@ use crate::model::{
     clock::Clock,
     counters::KernelCounters,
     report::Report,
+    timewait::TwEvent,
     transition::{CloseSide, Comm, Transition},
 };
 
@@ -193,6 +194,11 @@ impl Sink for Dashboard {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn timewait(&mut self, e: &TwEvent) -> io::Result<()> {
+        self.aggregator.observe_timewait(e);
         Ok(())
     }
 

@@ -10,6 +10,7 @@ use bytes::BufMut as _;
 
 use super::{BatchWriter, Sink};
 use crate::model::{clock::Clock, transition::Transition};
+use crate::{model::timewait::TwEvent, source::timewait::MODE};
 
 /// Writes JSON Lines by hand: this is the per-event hot path, and serde's
 /// escaping of fixed ASCII keys and values cost a third of the tracer's CPU.
@@ -77,11 +78,12 @@ impl<W: Write> Sink for JsonSink<W> {
         let buf = out.buf();
         write!(
             buf,
-            "{{\"ts_ns\":{},\"time\":\"{date}.{micros:06}Z\",\"skaddr\":\"{:#x}\",\"family\":\"{}\",\
+            "{{\"kind\":\"transition\",\"ts_ns\":{},\"time\":\"{date}.{micros:06}Z\",\"skaddr\":\"{:#x}\",\"netns\":{},\"family\":\"{}\",\
              \"saddr\":\"{}\",\"sport\":{},\"daddr\":\"{}\",\"dport\":{},\"old_state\":\"{}\",\"new_state\":\"{}\",\
              \"in_old_state_ns\":{},\"pid\":{},\"comm\":",
             t.ts_ns,
             t.skaddr,
+            t.netns,
             t.family.name(),
             t.saddr,
             t.sport,
@@ -109,12 +111,56 @@ impl<W: Write> Sink for JsonSink<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+
+    fn timewait(&mut self, e: &TwEvent) -> io::Result<()> {
+        let Self { out, clock, second } = self;
+        let (date, micros) = cached_time(clock, second, e.at_ns());
+        let k = e.key();
+        let (event, substate, cause, fin_wait2, time_wait, expires_at) = match e {
+            TwEvent::Entered { substate, expires_at_ns, .. } => {
+                ("entered", Some(substate.name()), None, None, None, Some(*expires_at_ns))
+            }
+            TwEvent::FinArrived { fin_wait2_ns, .. } => {
+                ("fin_arrived", Some("TIME_WAIT"), None, Some(*fin_wait2_ns), None, None)
+            }
+            TwEvent::Ended { cause, substate, fin_wait2_ns, time_wait_ns, .. } => {
+                ("ended", substate.map(|s| s.name()), Some(cause.name()), *fin_wait2_ns, *time_wait_ns, None)
+            }
+        };
+        let family = if k.daddr.is_ipv4() { "ipv4" } else { "ipv6" };
+        let buf = out.buf();
+        write!(
+            buf,
+            "{{\"kind\":\"timewait\",\"event\":\"{event}\",\"mode\":\"{MODE}\",\"ts_ns\":{},\"time\":\"{date}.{micros:06}Z\",\
+             \"netns\":{},\"family\":\"{family}\",\"saddr\":\"{}\",\"sport\":{},\"daddr\":\"{}\",\"dport\":{},\
+             \"substate\":{},\"cause\":{},\"fin_wait2_ns\":{},\"time_wait_ns\":{},\"expires_at_ns\":{},\"pid\":{},\"comm\":",
+            e.at_ns(),
+            k.netns,
+            k.saddr,
+            k.sport,
+            k.daddr,
+            k.dport,
+            quoted(substate),
+            quoted(cause),
+            opt(fin_wait2),
+            opt(time_wait),
+            opt(expires_at),
+            opt(e.owner().map(|o| o.pid)),
+        )
+        .map_err(io::Error::other)?;
+        match e.owner() {
+            Some(o) => serde_json::to_writer(buf.writer(), o.comm.as_str())?,
+            None => buf.put_slice(b"null"),
+        }
+        buf.put_slice(b"}\n");
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::transition::tests::raw_event;
+    use crate::model::transition::{TcpState, tests::raw_event};
 
     #[test]
     fn documented_fields() {
@@ -131,6 +177,8 @@ mod tests {
         let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(rows.len(), 2);
         let expected = serde_json::json!({
+            "kind": "transition",
+            "netns": 4026531840u32,
             "ts_ns": 1_000_000_000u64,
             "time": "2026-11-27T00:00:01.000000Z",
             "skaddr": "0xffff888012345678",
@@ -146,6 +194,45 @@ mod tests {
         for key in ["in_old_state_ns", "pid", "comm", "close", "owner_from_listener"] {
             assert!(rows[1][key].is_null(), "{key} should be null");
         }
+    }
+
+    #[test]
+    fn timewait_objects() {
+        use crate::model::timewait::{EndCause, TwKey};
+        let t = Transition::from_raw(&raw_event());
+        let key = TwKey { netns: 7, saddr: t.saddr, sport: t.sport, daddr: t.daddr, dport: t.dport };
+        let mut sink = JsonSink::new(Vec::new(), Clock::with_offset(0));
+        sink.timewait(&TwEvent::Entered {
+            key,
+            owner: t.owner,
+            at_ns: 5,
+            substate: TcpState::FIN_WAIT2,
+            expires_at_ns: 9,
+        })
+        .unwrap();
+        sink.timewait(&TwEvent::Ended {
+            key,
+            owner: None,
+            at_ns: 10,
+            cause: EndCause::Killed,
+            substate: Some(TcpState::FIN_WAIT2),
+            fin_wait2_ns: Some(4),
+            time_wait_ns: None,
+        })
+        .unwrap();
+        sink.flush().unwrap();
+        let text = String::from_utf8(sink.into_inner()).unwrap();
+        let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(rows[0]["kind"], "timewait");
+        assert_eq!(rows[0]["event"], "entered");
+        assert_eq!(rows[0]["mode"], "sock_diag");
+        assert_eq!(rows[0]["substate"], "FIN_WAIT2");
+        assert_eq!(rows[0]["expires_at_ns"], 9);
+        assert_eq!((rows[0]["pid"].clone(), rows[0]["comm"].clone()), (4242.into(), "curl".into()));
+        assert_eq!(rows[1]["cause"], "killed");
+        assert_eq!(rows[1]["fin_wait2_ns"], 4);
+        assert!(rows[1]["time_wait_ns"].is_null() && rows[1]["comm"].is_null());
+        assert_eq!(rows[1]["netns"], 7);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::io::{self, Write};
 
 use bytes::BytesMut;
 
-use crate::model::{counters::KernelCounters, transition::Transition};
+use crate::model::{counters::KernelCounters, timewait::TwEvent, transition::Transition};
 
 /// Whether the session goes on after a tick.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +25,10 @@ pub trait Sink {
     fn transition(&mut self, t: &Transition) -> io::Result<()>;
     /// Called after each drain of the ring buffer.
     fn flush(&mut self) -> io::Result<()>;
+    /// A timewait socket was found, changed substate, or ended.
+    fn timewait(&mut self, _e: &TwEvent) -> io::Result<()> {
+        Ok(())
+    }
     /// Called after every drain, at least every `POLL_INTERVAL`, with a way
     /// to read the kernel counters. Periodic sinks refresh here.
     fn tick(&mut self, _counters: &dyn Fn() -> io::Result<KernelCounters>) -> io::Result<Flow> {

@@ -11,6 +11,7 @@ use bytes::BufMut as _;
 use serde::Serialize;
 
 use super::{BatchWriter, Flow, Sink, report};
+use crate::model::timewait::TwEvent;
 use crate::{
     model::{
         aggregate::Aggregator, clock::Clock, counters::KernelCounters, report::Report, transition::Transition,
@@ -127,6 +128,11 @@ impl<W: Write> Sink for ReportSink<W> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn timewait(&mut self, e: &TwEvent) -> io::Result<()> {
+        self.aggregator.observe_timewait(e);
         Ok(())
     }
 

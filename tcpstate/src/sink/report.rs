@@ -84,6 +84,35 @@ pub fn render(out: &mut impl Write, r: &Report) -> fmt::Result {
         (std::net::SocketAddr::new(e.addr, e.port).to_string(), e.count)
     })?;
 
+    if let Some(ends) = &r.timewait_ends {
+        let t = &ends.total;
+        writeln!(
+            out,
+            "\nTimewait sockets followed ({}): expired {}, reused {}, killed {}, unobserved {}",
+            ends.mode, t.expired, t.reused, t.killed, t.unobserved
+        )?;
+        if !ends.by_process.rows.is_empty() {
+            writeln!(
+                out,
+                "  {:<38} {:>9} {:>9} {:>9} {:>10}",
+                "PID      COMM", "EXPIRED", "REUSED", "KILLED", "UNOBSERVED"
+            )?;
+            for p in &ends.by_process.rows {
+                let (pid, comm) = owner(p.pid, &p.comm);
+                let e = &p.ends;
+                writeln!(
+                    out,
+                    "  {:<38} {:>9} {:>9} {:>9} {:>10}",
+                    format!("{pid:<8} {comm}"),
+                    e.expired,
+                    e.reused,
+                    e.killed,
+                    e.unobserved
+                )?;
+            }
+        }
+    }
+
     let c = &r.closes;
     writeln!(
         out,

@@ -6,7 +6,11 @@ use std::{
 };
 
 use super::{BatchWriter, Sink};
-use crate::model::{clock::Clock, transition::Transition};
+use crate::model::{
+    clock::Clock,
+    timewait::TwEvent,
+    transition::{TcpState, Transition},
+};
 
 /// Width of an address column: IPv4 only, or wide enough for any IPv6.
 pub fn address_width(ipv4_only: bool) -> usize {
@@ -31,7 +35,7 @@ impl<W: Write> TextSink<W> {
         let w = self.addr_width;
         let _ = writeln!(
             self.out.buf(),
-            "{:<15} {:>7} {:<15} {:<w$} {:>5} {:<w$} {:>5} {:<11}    {:<11} {:>10} CLOSE",
+            "{:<15} {:>7} {:<15} {:<w$} {:>5} {:<w$} {:>5} {:<12}    {:<12} {:>10} CLOSE",
             "TIME(UTC)",
             "PID",
             "COMM",
@@ -64,14 +68,48 @@ pub fn format_line(
     }
     write!(
         out,
-        " {:<w$} {:>5} {:<w$} {:>5} {:<11} -> {:<11} ",
+        " {:<w$} {:>5} {:<w$} {:>5} {:<12} -> {:<12} ",
         t.saddr, t.sport, t.daddr, t.dport, t.old, t.new,
     )?;
-    match t.in_old_state_ns {
-        Some(ns) => write!(out, "{:>10.3}", ns as f64 / 1e6)?,
-        None => write!(out, "{:>10}", "-")?,
-    }
+    duration(out, t.in_old_state_ns)?;
     writeln!(out, " {}", t.close.map_or("-", |c| c.name()))
+}
+
+fn duration(out: &mut impl std::fmt::Write, ns: Option<u64>) -> std::fmt::Result {
+    match ns {
+        Some(ns) => write!(out, "{:>10.3}", ns as f64 / 1e6),
+        None => write!(out, "{:>10}", "-"),
+    }
+}
+
+/// A timewait socket's event, its states marked `tw:`: found after the
+/// handover, the peer's FIN arriving, or its end and why.
+pub fn format_timewait_line(
+    out: &mut impl std::fmt::Write,
+    e: &TwEvent,
+    clock: &Clock,
+    w: usize,
+) -> std::fmt::Result {
+    let (h, m, s, us) = clock.time_of_day(e.at_ns());
+    write!(out, "{h:02}:{m:02}:{s:02}.{us:06} ")?;
+    match e.owner() {
+        Some(o) => write!(out, "{:>7} {:<15}", o.pid, o.comm)?,
+        None => write!(out, "{:>7} {:<15}", "-", "-")?,
+    }
+    let k = e.key();
+    let tw = |state: Option<TcpState>| format!("tw:{}", state.map_or("?", TcpState::name));
+    let (old, new, ns) = match e {
+        TwEvent::Entered { substate, .. } => ("(handover)".to_string(), tw(Some(*substate)), None),
+        TwEvent::FinArrived { fin_wait2_ns, .. } => {
+            (tw(Some(TcpState::FIN_WAIT2)), tw(Some(TcpState::TIME_WAIT)), Some(*fin_wait2_ns))
+        }
+        TwEvent::Ended { cause, substate, fin_wait2_ns, time_wait_ns, .. } => {
+            (tw(*substate), format!("({})", cause.name()), time_wait_ns.or(*fin_wait2_ns))
+        }
+    };
+    write!(out, " {:<w$} {:>5} {:<w$} {:>5} {old:<12} -> {new:<12} ", k.saddr, k.sport, k.daddr, k.dport)?;
+    duration(out, ns)?;
+    writeln!(out, " timewait")
 }
 
 impl<W: Write> Sink for TextSink<W> {
@@ -81,6 +119,10 @@ impl<W: Write> Sink for TextSink<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+
+    fn timewait(&mut self, e: &TwEvent) -> io::Result<()> {
+        format_timewait_line(self.out.buf(), e, &self.clock, self.addr_width).map_err(io::Error::other)
     }
 }
 
@@ -106,10 +148,34 @@ mod tests {
         assert!(lines[0].starts_with("TIME(UTC)"));
         assert_eq!(
             lines[1],
-            "00:00:01.000000    4242 curl            127.0.0.1       40000 127.0.0.2          80 ESTABLISHED -> FIN_WAIT1        1.500 active"
+            "00:00:01.000000    4242 curl            127.0.0.1       40000 127.0.0.2          80 ESTABLISHED  -> FIN_WAIT1         1.500 active"
         );
         assert!(lines[2].contains("      - -               127.0.0.1"), "{}", lines[2]);
         assert!(lines[2].ends_with("         - -"), "{}", lines[2]);
+    }
+
+    #[test]
+    fn timewait_lines_are_marked() {
+        use crate::model::timewait::{EndCause, TwKey};
+        let t = Transition::from_raw(&raw_event());
+        let key = TwKey { netns: 1, saddr: t.saddr, sport: t.sport, daddr: t.daddr, dport: t.dport };
+        let ended = TwEvent::Ended {
+            key,
+            owner: t.owner,
+            at_ns: 61_000_000_000,
+            cause: EndCause::Expired,
+            substate: Some(TcpState::TIME_WAIT),
+            fin_wait2_ns: None,
+            time_wait_ns: Some(60_000_000_000),
+        };
+        let mut line = String::new();
+        format_timewait_line(&mut line, &ended, &Clock::with_offset(0), address_width(true)).unwrap();
+        assert!(line.contains("tw:TIME_WAIT -> (expired)     60000.000 timewait"), "{line}");
+        let fin = TwEvent::FinArrived { key, owner: None, at_ns: 0, fin_wait2_ns: 300_000_000 };
+        line.clear();
+        format_timewait_line(&mut line, &fin, &Clock::with_offset(0), address_width(true)).unwrap();
+        assert!(line.contains("      - -               "), "{line}");
+        assert!(line.contains("tw:FIN_WAIT2 -> tw:TIME_WAIT    300.000"), "{line}");
     }
 
     #[test]

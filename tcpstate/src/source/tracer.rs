@@ -118,8 +118,16 @@ impl Tracer {
         preflight::check_capabilities()?;
         let tracefs = tracefs::tracefs_root()?;
         let offsets = tracefs::read_offsets(&tracefs)?;
+        // Each socket's network namespace, for following timewait sockets
+        // in the right one; without BTF, sockets count as this namespace's.
+        let sock = super::btf::sock_offsets().unwrap_or_else(|e| {
+            log::info!("socket namespaces unknown: {e:#}");
+            abi::SockOffsets::default()
+        });
         let config = abi::Config {
             wakeup_bytes: opts.wakeup_bytes(),
+            sock,
+            _pad: [0; 4],
             offsets,
             family: match opts.filters.family {
                 None => abi::FAMILY_ANY,

@@ -39,6 +39,9 @@ struct Cli {
     /// Attach an empty program to the tracepoint for the run (the floor)
     #[arg(long)]
     noop_program: bool,
+    /// Stop after this many connections (or at --seconds, whichever is first)
+    #[arg(long)]
+    connections: Option<u64>,
 }
 
 const PAYLOAD: &[u8; 16] = b"tcpstate-bench!\n";
@@ -87,10 +90,11 @@ fn main() -> anyhow::Result<()> {
     let clients: Vec<_> = (0..cli.threads)
         .map(|t| {
             let (made, failed, addrs, port) = (made.clone(), failed.clone(), cli.addrs, cli.port);
+            let limit = cli.connections.unwrap_or(u64::MAX);
             thread::spawn(move || {
                 let mut buf = [0u8; 16];
                 let mut i = t;
-                while Instant::now() < deadline {
+                while Instant::now() < deadline && made.load(Ordering::Relaxed) < limit {
                     let dst =
                         SocketAddr::from((Ipv4Addr::new(127, 0, 0, 1 + (i % addrs as usize) as u8), port));
                     i += 1;

@@ -62,6 +62,9 @@ enum Role {
         /// Wait this long after each connection before the next
         #[arg(long, default_value_t = 0)]
         pause_ms: u64,
+        /// Connect from this local port every time (SO_REUSEADDR)
+        #[arg(long)]
+        bind_port: Option<u16>,
     },
 }
 
@@ -181,6 +184,7 @@ fn client(
     mode: CloseMode,
     hold: Duration,
     pause: Duration,
+    bind_port: Option<u16>,
 ) -> anyhow::Result<()> {
     println!("ready");
     io::stdout().flush()?;
@@ -188,6 +192,11 @@ fn client(
         let sock = Socket::new(Domain::for_address(connect), Type::STREAM, None)?;
         if matches!(mode, CloseMode::Simultaneous) {
             small_buffers(&sock)?;
+        }
+        if let Some(port) = bind_port {
+            sock.set_reuse_address(true)?;
+            let local = SocketAddr::new(connect.ip(), port);
+            sock.bind(&local.into()).context("bind")?;
         }
         sock.connect_timeout(&connect.into(), IO_TIMEOUT).context("connect")?;
         let stream: TcpStream = sock.into();
@@ -219,8 +228,13 @@ fn main() -> anyhow::Result<()> {
         Role::Server { listen, count, close, hold_ms } => {
             server(listen, count, close, Duration::from_millis(hold_ms))
         }
-        Role::Client { connect, count, close, hold_ms, pause_ms } => {
-            client(connect, count, close, Duration::from_millis(hold_ms), Duration::from_millis(pause_ms))
-        }
+        Role::Client { connect, count, close, hold_ms, pause_ms, bind_port } => client(
+            connect,
+            count,
+            close,
+            Duration::from_millis(hold_ms),
+            Duration::from_millis(pause_ms),
+            bind_port,
+        ),
     }
 }

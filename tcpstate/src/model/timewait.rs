@@ -1,0 +1,432 @@
+//! Following connections through their timewait sockets.
+//!
+//! The tracepoint loses a connection when its active closer's full socket
+//! hands over to a timewait socket (kernel-notes §4): it shows only
+//! FIN_WAIT1/FIN_WAIT2/CLOSING → CLOSE. From then on sock_diag dumps show the
+//! timewait socket with its substate and the time left on its timer:
+//! - the substate change FIN_WAIT2 → TIME_WAIT re-arms the timer to 60 s,
+//!   so it happened at (scheduled end − 60 s), to the millisecond;
+//! - the end is an expiry if the socket is gone at its scheduled end, a
+//!   reuse if the tracepoint shows a new connection on the same 4-tuple
+//!   (an exact time), and a kill (an RST, say) if it vanished before.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use serde::Serialize;
+
+use super::{
+    aggregate::enters_time_wait,
+    transition::{Owner, TcpState, Transition},
+};
+use crate::source::sockdiag::SockEntry;
+
+/// TCP_TIMEWAIT_LEN: the kernel's fixed TIME_WAIT length.
+pub const TIME_WAIT_LEN_NS: u64 = 60_000_000_000;
+/// A FIN_WAIT2 phase shorter than this (timer granularity) counts as none.
+const SUBSTATE_CHANGE_MIN_NS: u64 = 10_000_000;
+/// A socket gone this close to its scheduled end expired.
+const EXPIRY_SLACK_NS: u64 = 20_000_000;
+/// Entries followed at once; more are counted and not followed.
+pub const DEFAULT_CAPACITY: usize = 262_144;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TwKey {
+    pub netns: u32,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+}
+
+impl TwKey {
+    fn of(t: &Transition) -> Self {
+        Self { netns: t.netns, saddr: t.saddr, sport: t.sport, daddr: t.daddr, dport: t.dport }
+    }
+
+    fn of_sock(netns: u32, s: &SockEntry) -> Self {
+        Self {
+            netns,
+            saddr: s.saddr.to_canonical(),
+            sport: s.sport,
+            daddr: s.daddr.to_canonical(),
+            dport: s.dport,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndCause {
+    /// Gone at its scheduled end.
+    Expired,
+    /// A new connection took over its 4-tuple.
+    Reused,
+    /// Gone before its scheduled end: an RST, or the namespace going away.
+    Killed,
+    /// Never seen by sock_diag: gone before the first poll, or never made
+    /// (tcp_max_tw_buckets overflow).
+    Unobserved,
+}
+
+impl EndCause {
+    pub const ALL: [Self; 4] = [Self::Expired, Self::Reused, Self::Killed, Self::Unobserved];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Expired => "expired",
+            Self::Reused => "reused",
+            Self::Killed => "killed",
+            Self::Unobserved => "unobserved",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TwEvent {
+    /// The timewait socket was found, in `substate`. `at_ns` is when the
+    /// connection entered it (from the tracepoint).
+    Entered { key: TwKey, owner: Option<Owner>, at_ns: u64, substate: TcpState, expires_at_ns: u64 },
+    /// The peer's FIN arrived: FIN_WAIT2 became TIME_WAIT at `at_ns`.
+    FinArrived { key: TwKey, owner: Option<Owner>, at_ns: u64, fin_wait2_ns: u64 },
+    Ended {
+        key: TwKey,
+        owner: Option<Owner>,
+        at_ns: u64,
+        cause: EndCause,
+        /// The substate it ended in, if it was ever seen.
+        substate: Option<TcpState>,
+        /// All the time in FIN_WAIT2: the full socket's, then the timewait's.
+        fin_wait2_ns: Option<u64>,
+        time_wait_ns: Option<u64>,
+    },
+}
+
+impl TwEvent {
+    pub fn key(&self) -> &TwKey {
+        match self {
+            Self::Entered { key, .. } | Self::FinArrived { key, .. } | Self::Ended { key, .. } => key,
+        }
+    }
+
+    pub fn at_ns(&self) -> u64 {
+        match self {
+            Self::Entered { at_ns, .. } | Self::FinArrived { at_ns, .. } | Self::Ended { at_ns, .. } => {
+                *at_ns
+            }
+        }
+    }
+
+    pub fn owner(&self) -> Option<&Owner> {
+        match self {
+            Self::Entered { owner, .. } | Self::FinArrived { owner, .. } | Self::Ended { owner, .. } => {
+                owner.as_ref()
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    owner: Option<Owner>,
+    entry_ns: u64,
+    /// The full socket's time in FIN_WAIT2 before the handover, if it went
+    /// through FIN_WAIT2 (real with shutdown(), microseconds after close()).
+    full_fin_wait2_ns: Option<u64>,
+    substate: Option<TcpState>,
+    time_wait_since_ns: Option<u64>,
+    expires_at_ns: u64,
+}
+
+impl Entry {
+    fn end(self, key: TwKey, at_ns: u64, cause: EndCause) -> TwEvent {
+        let tw_fin_wait2 = match (self.substate, self.time_wait_since_ns) {
+            (_, Some(since)) => since.saturating_sub(self.entry_ns),
+            (Some(TcpState::FIN_WAIT2), None) => at_ns.saturating_sub(self.entry_ns),
+            _ => 0,
+        };
+        let fin_wait2_ns = match (self.full_fin_wait2_ns, tw_fin_wait2) {
+            (None, 0) => None,
+            (full, phase) => Some(full.unwrap_or(0) + phase),
+        };
+        TwEvent::Ended {
+            key,
+            owner: self.owner,
+            at_ns,
+            cause,
+            substate: self.substate,
+            fin_wait2_ns,
+            time_wait_ns: self.time_wait_since_ns.map(|since| at_ns.saturating_sub(since)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Tracker {
+    entries: HashMap<TwKey, Entry>,
+    capacity: usize,
+    /// Connections not followed because the table was full.
+    pub over_capacity: u64,
+}
+
+impl Tracker {
+    pub fn new(capacity: usize) -> Self {
+        Self { entries: HashMap::new(), capacity, over_capacity: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Starts following a connection entering TIME_WAIT, or ends one whose
+    /// 4-tuple a new connection just took.
+    pub fn on_transition(&mut self, t: &Transition) -> Option<TwEvent> {
+        if enters_time_wait(t) {
+            if self.entries.len() >= self.capacity {
+                self.over_capacity += 1;
+                return None;
+            }
+            let entry = Entry {
+                owner: t.owner,
+                entry_ns: t.ts_ns,
+                full_fin_wait2_ns: (t.old == TcpState::FIN_WAIT2).then_some(t.in_old_state_ns).flatten(),
+                substate: None,
+                time_wait_since_ns: None,
+                expires_at_ns: t.ts_ns + TIME_WAIT_LEN_NS,
+            };
+            self.entries.insert(TwKey::of(t), entry);
+            return None;
+        }
+        // connect() reusing the tuple (tcp_tw_reuse): it happened when the
+        // socket entered SYN_SENT. A SYN taking over a server's timewait
+        // socket: when the child socket appears.
+        let reused_at = match (t.old, t.new) {
+            (TcpState::SYN_SENT, TcpState::ESTABLISHED) => t.ts_ns - t.in_old_state_ns.unwrap_or(0),
+            (TcpState::LISTEN, TcpState::SYN_RECV) => t.ts_ns,
+            _ => return None,
+        };
+        let key = TwKey::of(t);
+        self.entries.remove(&key).map(|e| e.end(key, reused_at, EndCause::Reused))
+    }
+
+    /// The namespaces with connections being followed.
+    pub fn namespaces(&self) -> BTreeSet<u32> {
+        self.entries.keys().map(|k| k.netns).collect()
+    }
+
+    /// Applies a dump of `netns`'s timewait and FIN_WAIT2 sockets taken at
+    /// `now_ns`.
+    pub fn on_dump(&mut self, netns: u32, now_ns: u64, socks: &[SockEntry], events: &mut Vec<TwEvent>) {
+        let seen: HashMap<TwKey, &SockEntry> =
+            socks.iter().filter(|s| s.timewait).map(|s| (TwKey::of_sock(netns, s), s)).collect();
+        let keys: Vec<TwKey> = self.entries.keys().filter(|k| k.netns == netns).copied().collect();
+        for key in keys {
+            let Some(entry) = self.entries.get_mut(&key) else { continue };
+            let Some(sock) = seen.get(&key) else {
+                let Some(entry) = self.entries.remove(&key) else { continue };
+                let (at, cause) = match entry.substate {
+                    None => (now_ns, EndCause::Unobserved),
+                    Some(_) if now_ns + EXPIRY_SLACK_NS >= entry.expires_at_ns => {
+                        (entry.expires_at_ns, EndCause::Expired)
+                    }
+                    Some(_) => (now_ns, EndCause::Killed),
+                };
+                events.push(entry.end(key, at, cause));
+                continue;
+            };
+            let expires_at = now_ns + sock.expires.unwrap_or_default().as_nanos() as u64;
+            // The last (re-)arm of a TIME_WAIT timer was 60 s before its end.
+            let armed_at = expires_at.saturating_sub(TIME_WAIT_LEN_NS).max(entry.entry_ns);
+            match (entry.substate, sock.state) {
+                (None, state) => {
+                    let fin_wait2_first = state == TcpState::FIN_WAIT2
+                        || (state == TcpState::TIME_WAIT
+                            && armed_at > entry.entry_ns + SUBSTATE_CHANGE_MIN_NS);
+                    let first = if fin_wait2_first { TcpState::FIN_WAIT2 } else { TcpState::TIME_WAIT };
+                    events.push(TwEvent::Entered {
+                        key,
+                        owner: entry.owner,
+                        at_ns: entry.entry_ns,
+                        substate: first,
+                        expires_at_ns: expires_at,
+                    });
+                    entry.substate = Some(first);
+                    if state == TcpState::TIME_WAIT {
+                        entry.time_wait_since_ns =
+                            Some(if fin_wait2_first { armed_at } else { entry.entry_ns });
+                    }
+                }
+                (Some(TcpState::FIN_WAIT2), TcpState::TIME_WAIT) => entry.time_wait_since_ns = Some(armed_at),
+                _ => {}
+            }
+            if entry.substate == Some(TcpState::FIN_WAIT2) && sock.state == TcpState::TIME_WAIT {
+                let since = entry.time_wait_since_ns.unwrap_or(armed_at);
+                events.push(TwEvent::FinArrived {
+                    key,
+                    owner: entry.owner,
+                    at_ns: since,
+                    fin_wait2_ns: since - entry.entry_ns + entry.full_fin_wait2_ns.unwrap_or(0),
+                });
+                entry.substate = Some(TcpState::TIME_WAIT);
+            }
+            entry.expires_at_ns = expires_at;
+        }
+    }
+
+    /// Gives up on a namespace that cannot be reached (no path to it).
+    pub fn abandon(&mut self, netns: u32) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|k, _| k.netns != netns);
+        before - self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::{aggregate::tests::step, transition::CloseSide};
+
+    const MS: u64 = 1_000_000;
+
+    /// The client's socket handing over to a timewait socket at `at_ns`.
+    fn handover(at_ns: u64) -> Transition {
+        let mut t = step(1, TcpState::FIN_WAIT2, TcpState::CLOSE, Some(CloseSide::Active));
+        t.ts_ns = at_ns;
+        t.in_old_state_ns = Some(30_000);
+        t
+    }
+
+    fn sock(t: &Transition, state: TcpState, expires_ms: u64) -> SockEntry {
+        SockEntry {
+            state,
+            saddr: t.saddr,
+            sport: t.sport,
+            daddr: t.daddr,
+            dport: t.dport,
+            timewait: true,
+            expires: Some(Duration::from_millis(expires_ms)),
+            inode: 0,
+        }
+    }
+
+    fn dump(tr: &mut Tracker, now: u64, socks: &[SockEntry]) -> Vec<TwEvent> {
+        let mut ev = Vec::new();
+        tr.on_dump(1, now, socks, &mut ev);
+        ev
+    }
+
+    #[test]
+    fn orphan_fin_wait2_then_fin_then_expiry() {
+        let mut tr = Tracker::new(16);
+        let t = handover(1_000 * MS);
+        assert_eq!(tr.on_transition(&t), None);
+        // 100 ms later: FIN_WAIT2 with tcp_fin_timeout (60 s) left.
+        let ev = dump(&mut tr, 1_100 * MS, &[sock(&t, TcpState::FIN_WAIT2, 59_900)]);
+        assert!(
+            matches!(ev[..], [TwEvent::Entered { substate: TcpState::FIN_WAIT2, at_ns, .. }] if at_ns == 1_000 * MS)
+        );
+        // The FIN came at 1.3 s: the timer was re-armed to 60 s then.
+        let ev = dump(&mut tr, 1_400 * MS, &[sock(&t, TcpState::TIME_WAIT, 59_900)]);
+        assert_eq!(
+            ev,
+            [TwEvent::FinArrived {
+                key: TwKey::of(&t),
+                owner: t.owner,
+                at_ns: 1_300 * MS,
+                fin_wait2_ns: 300 * MS + 30_000
+            }]
+        );
+        // Gone at its scheduled end: expired, 60 s in TIME_WAIT.
+        let ev = dump(&mut tr, 61_310 * MS, &[]);
+        let TwEvent::Ended { cause, at_ns, time_wait_ns, fin_wait2_ns, .. } = ev[0] else { panic!("{ev:?}") };
+        assert_eq!((cause, at_ns), (EndCause::Expired, 61_300 * MS));
+        assert_eq!(time_wait_ns, Some(TIME_WAIT_LEN_NS));
+        assert_eq!(fin_wait2_ns, Some(300 * MS + 30_000));
+        assert!(tr.is_empty());
+    }
+
+    #[test]
+    fn fin_between_polls_is_still_seen() {
+        let mut tr = Tracker::new(16);
+        let t = handover(1_000 * MS);
+        tr.on_transition(&t);
+        // First sighting already TIME_WAIT, armed 300 ms after the handover.
+        let ev = dump(&mut tr, 1_500 * MS, &[sock(&t, TcpState::TIME_WAIT, 59_800)]);
+        assert!(matches!(ev[0], TwEvent::Entered { substate: TcpState::FIN_WAIT2, .. }), "{ev:?}");
+        assert!(matches!(ev[1], TwEvent::FinArrived { at_ns, .. } if at_ns == 1_300 * MS), "{ev:?}");
+    }
+
+    #[test]
+    fn straight_to_time_wait() {
+        let mut tr = Tracker::new(16);
+        let t = handover(1_000 * MS);
+        tr.on_transition(&t);
+        let ev = dump(&mut tr, 1_100 * MS, &[sock(&t, TcpState::TIME_WAIT, 59_900)]);
+        assert!(matches!(ev[..], [TwEvent::Entered { substate: TcpState::TIME_WAIT, .. }]), "{ev:?}");
+    }
+
+    #[test]
+    fn orphan_fin_wait2_expires_at_fin_timeout() {
+        let mut tr = Tracker::new(16);
+        let t = handover(1_000 * MS);
+        tr.on_transition(&t);
+        dump(&mut tr, 1_100 * MS, &[sock(&t, TcpState::FIN_WAIT2, 1_900)]);
+        let ev = dump(&mut tr, 3_050 * MS, &[]);
+        let TwEvent::Ended { cause, fin_wait2_ns, time_wait_ns, .. } = ev[0] else { panic!() };
+        assert_eq!(cause, EndCause::Expired);
+        assert_eq!(fin_wait2_ns, Some(2_000 * MS + 30_000));
+        assert_eq!(time_wait_ns, None);
+    }
+
+    #[test]
+    fn killed_reused_and_unobserved() {
+        let mut tr = Tracker::new(16);
+        let t = handover(1_000 * MS);
+        tr.on_transition(&t);
+        dump(&mut tr, 1_100 * MS, &[sock(&t, TcpState::TIME_WAIT, 59_900)]);
+        let ev = dump(&mut tr, 5_000 * MS, &[]);
+        assert!(
+            matches!(ev[0], TwEvent::Ended { cause: EndCause::Killed, at_ns, .. } if at_ns == 5_000 * MS)
+        );
+
+        tr.on_transition(&t);
+        let mut again = step(9, TcpState::SYN_SENT, TcpState::ESTABLISHED, None);
+        again.ts_ns = 8_000 * MS;
+        again.in_old_state_ns = Some(MS);
+        again.dport = t.dport;
+        let ev = tr.on_transition(&again).unwrap();
+        assert!(
+            matches!(ev, TwEvent::Ended { cause: EndCause::Reused, at_ns, .. } if at_ns == 7_999 * MS),
+            "{ev:?}"
+        );
+
+        tr.on_transition(&t);
+        let ev = dump(&mut tr, 1_100 * MS, &[]);
+        assert!(matches!(ev[0], TwEvent::Ended { cause: EndCause::Unobserved, .. }));
+        // Other namespaces' dumps leave this one alone.
+        tr.on_transition(&t);
+        let mut ev = Vec::new();
+        tr.on_dump(2, 9_000 * MS, &[], &mut ev);
+        assert!(ev.is_empty() && tr.len() == 1);
+        assert_eq!(tr.abandon(1), 1);
+    }
+
+    #[test]
+    fn capacity_is_bounded() {
+        let mut tr = Tracker::new(1);
+        let a = handover(MS);
+        let mut b = handover(2 * MS);
+        b.sport += 1;
+        tr.on_transition(&a);
+        tr.on_transition(&b);
+        assert_eq!((tr.len(), tr.over_capacity), (1, 1));
+    }
+}

@@ -1,0 +1,127 @@
+//! Polls sock_diag for the timewait sockets the tracker follows, in every
+//! network namespace they live in.
+
+use std::{
+    collections::HashMap,
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use netlink_packet_sock_diag::inet::StateFlags;
+
+use super::sockdiag::{Netns, SockDiag};
+use crate::model::{
+    clock::Clock,
+    timewait::{Tracker, TwEvent},
+    transition::{Family, Transition},
+};
+
+/// How timewait sockets are followed; always said in the output.
+pub const MODE: &str = "sock_diag";
+pub const DEFAULT_POLL: Duration = Duration::from_millis(200);
+/// Polls wait at least this many times as long as the last one took, so
+/// that dumping a large timewait population costs at most ~5 % of a CPU.
+const BACKOFF: u32 = 20;
+
+/// What polling has cost so far.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PollCost {
+    pub polls: u64,
+    pub sockets_read: u64,
+    pub time: Duration,
+    /// Connections given up because their namespace could not be entered.
+    pub unreachable: u64,
+}
+
+pub struct Follower {
+    pub tracker: Tracker,
+    diags: HashMap<u32, Option<SockDiag>>,
+    own_netns: u32,
+    interval: Duration,
+    next_poll: Instant,
+    pub cost: PollCost,
+}
+
+fn inode(path: &Path) -> Option<u32> {
+    fs::metadata(path).ok().and_then(|m| u32::try_from(m.ino()).ok())
+}
+
+/// A path to enter the namespace with inode `netns`: a name under
+/// /run/netns, or any process living in it.
+fn find_netns(netns: u32) -> Option<Netns> {
+    let named = fs::read_dir("/run/netns").into_iter().flatten().flatten().map(|e| e.path());
+    if let Some(path) = named.into_iter().find(|p| inode(p) == Some(netns)) {
+        return Some(Netns::Path(path));
+    }
+    let want = format!("net:[{netns}]");
+    fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("ns/net"))
+        .find(|p| fs::read_link(p).is_ok_and(|l| l.as_os_str() == want.as_str()))
+        .map(Netns::Path)
+}
+
+impl Follower {
+    pub fn new(interval: Duration, capacity: usize) -> Self {
+        Self {
+            tracker: Tracker::new(capacity),
+            diags: HashMap::new(),
+            own_netns: inode(Path::new("/proc/self/ns/net")).unwrap_or(0),
+            interval,
+            next_poll: Instant::now(),
+            cost: PollCost::default(),
+        }
+    }
+
+    pub fn on_transition(&mut self, t: &Transition) -> Option<TwEvent> {
+        self.tracker.on_transition(t)
+    }
+
+    fn diag(&mut self, netns: u32) -> Option<&mut SockDiag> {
+        let own = self.own_netns;
+        self.diags
+            .entry(netns)
+            .or_insert_with(|| {
+                // 0: the program could not tell (no BTF); assume ours.
+                let ns = if netns == 0 || netns == own { Some(Netns::Current) } else { find_netns(netns) };
+                let diag = ns
+                    .and_then(|ns| SockDiag::open(&ns).map_err(|e| log::warn!("netns {netns}: {e:#}")).ok());
+                if diag.is_none() {
+                    log::warn!(
+                        "cannot enter network namespace {netns}: its timewait sockets are not followed"
+                    );
+                }
+                diag
+            })
+            .as_mut()
+    }
+
+    /// Dumps the namespaces with followed connections, if a poll is due.
+    pub fn poll_if_due(&mut self, events: &mut Vec<TwEvent>) -> anyhow::Result<()> {
+        if Instant::now() < self.next_poll || self.tracker.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        for netns in self.tracker.namespaces() {
+            let Some(diag) = self.diag(netns) else {
+                self.cost.unreachable += self.tracker.abandon(netns) as u64;
+                continue;
+            };
+            let before = Clock::monotonic_now_ns();
+            let socks =
+                diag.dump(&[Family::Ipv4, Family::Ipv6], StateFlags::TIME_WAIT | StateFlags::FIN_WAIT2)?;
+            // The kernel read its timers between these two instants.
+            let at = before + (Clock::monotonic_now_ns() - before) / 2;
+            self.cost.sockets_read += socks.len() as u64;
+            self.tracker.on_dump(netns, at, &socks, events);
+        }
+        let took = started.elapsed();
+        self.cost.polls += 1;
+        self.cost.time += took;
+        self.next_poll = Instant::now() + self.interval.max(took * BACKOFF);
+        Ok(())
+    }
+}
