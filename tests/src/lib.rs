@@ -151,6 +151,11 @@ impl Peer {
         rc == 0 && unsafe { info.si_pid() } != 0
     }
 
+    /// Waits for the process to end, however it ends.
+    pub fn exit_status(mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait peer")
+    }
+
     /// Waits for a clean exit.
     pub fn finish(mut self) {
         let status = self.child.wait().expect("wait peer");

@@ -166,9 +166,9 @@ fn d_reuse_ends_time_wait_at_the_new_connect() {
     assert!((1300.0..2500.0).contains(&time_wait), "TIME_WAIT {time_wait} ms");
 }
 
-/// e. An RST from the peer into the timewait socket kills it early.
+/// e. An RST from the peer into a FIN_WAIT2 timewait socket kills it early.
 #[test]
-fn e_rst_kills_the_timewait_socket() {
+fn e_rst_kills_a_fin_wait2_timewait_socket() {
     if !kernel_tests_possible("e_rst") {
         return;
     }
@@ -220,4 +220,63 @@ fn f_time_wait_expires_after_60s() {
     let time_wait = ms(&ended["time_wait_ns"]);
     assert!((59_900.0..=64_500.0).contains(&time_wait), "TIME_WAIT {time_wait} ms");
     assert_eq!(ended["comm"], "tsp-f-cli");
+}
+
+/// e. An RST into TIME_WAIT kills it (tcp_rfc1337=0, the default): the old
+/// peer connects back on the same 4-tuple, the timewait socket answers its
+/// SYN with an ACK, and the peer's reply to that is an in-window RST.
+#[test]
+fn e_rst_into_time_wait_kills_it() {
+    if !kernel_tests_possible("e_rst_time_wait") {
+        return;
+    }
+    let ns = ns_with("twe2", &[]);
+    let (port, client_port) = (unique_port(), unique_port());
+    let addr = format!("127.0.0.1:{port}");
+    let run = Run::trace(port, 2.5, || {
+        let server = Peer::server(&ns, "tsp-e2-srv", &["server", "--listen", &addr, "--close", "second"]);
+        Peer::spawn(
+            &ns,
+            "tsp-e2-cli",
+            false,
+            &["client", "--connect", &addr, "--close", "first", "--bind-port", &client_port.to_string()],
+        )
+        .finish();
+        server.finish();
+        // Let a poll see it in TIME_WAIT, then connect back from the server's port.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let back = format!("127.0.0.1:{client_port}");
+        // Its connect fails once the RST has gone out; only the RST matters.
+        let _ = Peer::spawn(
+            &ns,
+            "tsp-e2-rst",
+            false,
+            &[
+                "client",
+                "--connect",
+                &back,
+                "--close",
+                "first",
+                "--bind-port",
+                &port.to_string(),
+                "--timeout",
+                "3",
+            ],
+        )
+        .exit_status();
+    });
+    assert_eq!(run.one("entered")["substate"], "TIME_WAIT");
+    let ended = run.one("ended");
+    assert_eq!(ended["cause"], "killed", "{ended}");
+    assert_eq!(ended["substate"], "TIME_WAIT");
+    assert_eq!(ended["sport"], client_port);
+    // Noticed at the first poll after the SYN that drew the RST.
+    let syn_at = run
+        .rows
+        .iter()
+        .find(|r| r["kind"] == "transition" && r["comm"] == "tsp-e2-rst")
+        .map(|r| ms(&r["ts_ns"]));
+    let syn_at = syn_at.expect("the connect back is on the tracepoint");
+    let after = ms(&ended["ts_ns"]) - syn_at;
+    assert!((0.0..=400.0).contains(&after), "killed {after} ms after the SYN");
 }

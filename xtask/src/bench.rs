@@ -45,11 +45,13 @@ enum Mode {
     Floor,
     TraceJson,
     Stats,
+    StatsNoTimewait,
     Top,
 }
 
 impl Mode {
-    const ALL: [Mode; 5] = [Mode::Untraced, Mode::Floor, Mode::TraceJson, Mode::Stats, Mode::Top];
+    const ALL: [Mode; 6] =
+        [Mode::Untraced, Mode::Floor, Mode::TraceJson, Mode::Stats, Mode::StatsNoTimewait, Mode::Top];
 
     fn name(self) -> &'static str {
         match self {
@@ -57,6 +59,7 @@ impl Mode {
             Mode::Floor => "no-op program (floor)",
             Mode::TraceJson => "trace --json >/dev/null",
             Mode::Stats => "stats",
+            Mode::StatsNoTimewait => "stats --no-timewait",
             Mode::Top => "top (not a TTY)",
         }
     }
@@ -67,6 +70,7 @@ impl Mode {
             Mode::Untraced | Mode::Floor => return None,
             Mode::TraceJson => &["trace", "--json"],
             Mode::Stats => &["stats", "--json"],
+            Mode::StatsNoTimewait => &["stats", "--json", "--no-timewait"],
             Mode::Top => &["top", "--json", "--interval", "1"],
         };
         Some(args.iter().copied().chain(["--port", &port]).map(String::from).collect())

@@ -10,10 +10,10 @@
 //!   reuse if the tracepoint shows a new connection on the same 4-tuple
 //!   (an exact time), and a kill (an RST, say) if it vanished before.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    net::IpAddr,
-};
+use std::{collections::BTreeSet, net::IpAddr};
+
+// Keys come from the local kernel, so a fast hasher is safe here.
+use rustc_hash::FxHashMap as HashMap;
 
 use serde::Serialize;
 
@@ -138,9 +138,49 @@ struct Entry {
     substate: Option<TcpState>,
     time_wait_since_ns: Option<u64>,
     expires_at_ns: u64,
+    /// The last dump that showed it.
+    seen_in: u64,
 }
 
 impl Entry {
+    /// What a dump showing this socket says about it.
+    fn update(&mut self, key: TwKey, now_ns: u64, sock: &SockEntry, events: &mut Vec<TwEvent>) {
+        let expires_at = now_ns + sock.expires.unwrap_or_default().as_nanos() as u64;
+        // The last (re-)arm of a TIME_WAIT timer was 60 s before its end.
+        let armed_at = expires_at.saturating_sub(TIME_WAIT_LEN_NS).max(self.entry_ns);
+        match (self.substate, sock.state) {
+            (None, state) => {
+                let fin_wait2_first = state == TcpState::FIN_WAIT2
+                    || (state == TcpState::TIME_WAIT && armed_at > self.entry_ns + SUBSTATE_CHANGE_MIN_NS);
+                let first = if fin_wait2_first { TcpState::FIN_WAIT2 } else { TcpState::TIME_WAIT };
+                events.push(TwEvent::Entered {
+                    key,
+                    owner: self.owner,
+                    at_ns: self.entry_ns,
+                    substate: first,
+                    expires_at_ns: expires_at,
+                });
+                self.substate = Some(first);
+                if state == TcpState::TIME_WAIT {
+                    self.time_wait_since_ns = Some(if fin_wait2_first { armed_at } else { self.entry_ns });
+                }
+            }
+            (Some(TcpState::FIN_WAIT2), TcpState::TIME_WAIT) => self.time_wait_since_ns = Some(armed_at),
+            _ => {}
+        }
+        if self.substate == Some(TcpState::FIN_WAIT2) && sock.state == TcpState::TIME_WAIT {
+            let since = self.time_wait_since_ns.unwrap_or(armed_at);
+            events.push(TwEvent::FinArrived {
+                key,
+                owner: self.owner,
+                at_ns: since,
+                fin_wait2_ns: since - self.entry_ns + self.full_fin_wait2_ns.unwrap_or(0),
+            });
+            self.substate = Some(TcpState::TIME_WAIT);
+        }
+        self.expires_at_ns = expires_at;
+    }
+
     fn end(self, key: TwKey, at_ns: u64, cause: EndCause) -> TwEvent {
         let tw_fin_wait2 = match (self.substate, self.time_wait_since_ns) {
             (_, Some(since)) => since.saturating_sub(self.entry_ns),
@@ -167,13 +207,15 @@ impl Entry {
 pub struct Tracker {
     entries: HashMap<TwKey, Entry>,
     capacity: usize,
+    /// Counts dumps, to tell which entries the latest one showed.
+    dumps: u64,
     /// Connections not followed because the table was full.
     pub over_capacity: u64,
 }
 
 impl Tracker {
     pub fn new(capacity: usize) -> Self {
-        Self { entries: HashMap::new(), capacity, over_capacity: 0 }
+        Self { entries: HashMap::default(), capacity, dumps: 0, over_capacity: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -199,6 +241,7 @@ impl Tracker {
                 substate: None,
                 time_wait_since_ns: None,
                 expires_at_ns: t.ts_ns + TIME_WAIT_LEN_NS,
+                seen_in: 0,
             };
             self.entries.insert(TwKey::of(t), entry);
             return None;
@@ -221,61 +264,27 @@ impl Tracker {
     }
 
     /// Applies a dump of `netns`'s timewait and FIN_WAIT2 sockets taken at
-    /// `now_ns`.
+    /// `now_ns`. Work and memory are in proportion to the dump: entries are
+    /// marked as the dump shows them, and the unmarked ones swept out.
     pub fn on_dump(&mut self, netns: u32, now_ns: u64, socks: &[SockEntry], events: &mut Vec<TwEvent>) {
-        let seen: HashMap<TwKey, &SockEntry> =
-            socks.iter().filter(|s| s.timewait).map(|s| (TwKey::of_sock(netns, s), s)).collect();
-        let keys: Vec<TwKey> = self.entries.keys().filter(|k| k.netns == netns).copied().collect();
-        for key in keys {
-            let Some(entry) = self.entries.get_mut(&key) else { continue };
-            let Some(sock) = seen.get(&key) else {
-                let Some(entry) = self.entries.remove(&key) else { continue };
-                let (at, cause) = match entry.substate {
-                    None => (now_ns, EndCause::Unobserved),
-                    Some(_) if now_ns + EXPIRY_SLACK_NS >= entry.expires_at_ns => {
-                        (entry.expires_at_ns, EndCause::Expired)
-                    }
-                    Some(_) => (now_ns, EndCause::Killed),
-                };
-                events.push(entry.end(key, at, cause));
-                continue;
-            };
-            let expires_at = now_ns + sock.expires.unwrap_or_default().as_nanos() as u64;
-            // The last (re-)arm of a TIME_WAIT timer was 60 s before its end.
-            let armed_at = expires_at.saturating_sub(TIME_WAIT_LEN_NS).max(entry.entry_ns);
-            match (entry.substate, sock.state) {
-                (None, state) => {
-                    let fin_wait2_first = state == TcpState::FIN_WAIT2
-                        || (state == TcpState::TIME_WAIT
-                            && armed_at > entry.entry_ns + SUBSTATE_CHANGE_MIN_NS);
-                    let first = if fin_wait2_first { TcpState::FIN_WAIT2 } else { TcpState::TIME_WAIT };
-                    events.push(TwEvent::Entered {
-                        key,
-                        owner: entry.owner,
-                        at_ns: entry.entry_ns,
-                        substate: first,
-                        expires_at_ns: expires_at,
-                    });
-                    entry.substate = Some(first);
-                    if state == TcpState::TIME_WAIT {
-                        entry.time_wait_since_ns =
-                            Some(if fin_wait2_first { armed_at } else { entry.entry_ns });
-                    }
+        self.dumps += 1;
+        let dump = self.dumps;
+        for sock in socks.iter().filter(|s| s.timewait) {
+            let key = TwKey::of_sock(netns, sock);
+            if let Some(entry) = self.entries.get_mut(&key) {
+                entry.seen_in = dump;
+                entry.update(key, now_ns, sock, events);
+            }
+        }
+        for (key, entry) in self.entries.extract_if(|k, e| k.netns == netns && e.seen_in != dump) {
+            let (at, cause) = match entry.substate {
+                None => (now_ns, EndCause::Unobserved),
+                Some(_) if now_ns + EXPIRY_SLACK_NS >= entry.expires_at_ns => {
+                    (entry.expires_at_ns, EndCause::Expired)
                 }
-                (Some(TcpState::FIN_WAIT2), TcpState::TIME_WAIT) => entry.time_wait_since_ns = Some(armed_at),
-                _ => {}
-            }
-            if entry.substate == Some(TcpState::FIN_WAIT2) && sock.state == TcpState::TIME_WAIT {
-                let since = entry.time_wait_since_ns.unwrap_or(armed_at);
-                events.push(TwEvent::FinArrived {
-                    key,
-                    owner: entry.owner,
-                    at_ns: since,
-                    fin_wait2_ns: since - entry.entry_ns + entry.full_fin_wait2_ns.unwrap_or(0),
-                });
-                entry.substate = Some(TcpState::TIME_WAIT);
-            }
-            entry.expires_at_ns = expires_at;
+                Some(_) => (now_ns, EndCause::Killed),
+            };
+            events.push(entry.end(key, at, cause));
         }
     }
 

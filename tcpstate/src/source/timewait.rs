@@ -22,8 +22,8 @@ use crate::model::{
 pub const MODE: &str = "sock_diag";
 pub const DEFAULT_POLL: Duration = Duration::from_millis(200);
 /// Polls wait at least this many times as long as the last one took, so
-/// that dumping a large timewait population costs at most ~5 % of a CPU.
-const BACKOFF: u32 = 20;
+/// that following a large timewait population costs at most ~2 % of a CPU.
+const BACKOFF: u32 = 50;
 
 /// What polling has cost so far.
 #[derive(Clone, Copy, Debug, Default)]
