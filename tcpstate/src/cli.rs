@@ -87,11 +87,7 @@ pub struct TraceArgs {
 #[derive(Debug, Args)]
 pub struct TopArgs {
     #[command(flatten)]
-    pub filters: FilterArgs,
-    #[command(flatten)]
-    pub session: SessionArgs,
-    #[command(flatten)]
-    pub report: ReportArgs,
+    pub stats: StatsArgs,
     /// Refresh every (e.g. 1, 500ms, 5s)
     #[arg(short, long, default_value = "1", value_parser = parse_duration)]
     pub interval: Duration,
@@ -270,8 +266,8 @@ mod tests {
         let cli = parse(&["top", "--interval", "500ms", "--json", "--port", "80"]).unwrap();
         let Command::Top(t) = cli.command else { panic!() };
         assert_eq!(t.interval, Duration::from_millis(500));
-        assert!(t.report.json);
-        assert_eq!(t.report.top, 10);
+        assert!(t.stats.report.json);
+        assert_eq!(t.stats.report.top, 10);
         let cli = parse(&["stats", "-d", "5", "--top", "3"]).unwrap();
         let Command::Stats(s) = cli.command else { panic!() };
         assert_eq!(s.report.top, 3);

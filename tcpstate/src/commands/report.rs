@@ -5,7 +5,7 @@ use crate::{
     cli::{StatsArgs, TopArgs},
     model::aggregate::{Aggregator, DEFAULT_SOCKET_CAP, DEFAULT_TABLE_CAP},
     session::{self, EndReason},
-    sink::{dashboard::Dashboard, is_closed_pipe, periodic::ReportSink},
+    sink::{Aggregating, dashboard::Dashboard, is_closed_pipe, periodic::Reporter},
     source::{timewait::Follower, tracer::Tracer},
 };
 
@@ -16,13 +16,10 @@ fn aggregator(follows_timewait: bool) -> Aggregator {
 pub async fn stats(args: StatsArgs, out: Output<'_>) -> anyhow::Result<()> {
     let mut tracer = Tracer::start(&args.session.tracer_options(args.filters.to_filters()))?;
     let mut follower = args.session.follower();
-    let mut sink = ReportSink::new(
-        out.writer,
-        aggregator(follower.is_some()),
-        args.report.json,
-        args.report.top.into(),
-        None,
-    );
+    let mut sink = Aggregating {
+        aggregator: aggregator(follower.is_some()),
+        view: Reporter::new(out.writer, args.report.json, args.report.top.into(), None),
+    };
     (out.on_ready)(&format!(
         "Collecting TCP state transitions{}. Hit Ctrl-C to end and report.",
         super::trace::following(follower.as_ref())
@@ -30,18 +27,22 @@ pub async fn stats(args: StatsArgs, out: Output<'_>) -> anyhow::Result<()> {
     final_report(&mut tracer, &mut sink, args.session.duration, follower.as_mut()).await
 }
 
-pub async fn top(args: TopArgs, out: Output<'_>) -> anyhow::Result<()> {
+pub async fn top(top: TopArgs, out: Output<'_>) -> anyhow::Result<()> {
+    let (args, interval) = (top.stats, top.interval);
     let mut tracer = Tracer::start(&args.session.tracer_options(args.filters.to_filters()))?;
     let mut follower = args.session.follower();
     let agg = aggregator(follower.is_some());
     if out.is_terminal && !args.report.json {
         (out.on_ready)("");
-        let mut dashboard = Dashboard::new(agg, args.interval, args.report.top.into())?;
+        let mut dashboard =
+            Aggregating { aggregator: agg, view: Dashboard::new(interval, args.report.top.into())? };
         session::run(&mut tracer, &mut dashboard, args.session.duration, follower.as_mut()).await?;
         return Ok(());
     }
-    let mut sink =
-        ReportSink::new(out.writer, agg, args.report.json, args.report.top.into(), Some(args.interval));
+    let mut sink = Aggregating {
+        aggregator: agg,
+        view: Reporter::new(out.writer, args.report.json, args.report.top.into(), Some(interval)),
+    };
     (out.on_ready)(&format!(
         "Tracing TCP state transitions{}. Hit Ctrl-C to end.",
         super::trace::following(follower.as_ref())
@@ -52,7 +53,7 @@ pub async fn top(args: TopArgs, out: Output<'_>) -> anyhow::Result<()> {
 /// Runs the session, then reports what it saw unless stdout went away.
 async fn final_report<W: std::io::Write>(
     tracer: &mut Tracer,
-    sink: &mut ReportSink<W>,
+    sink: &mut Aggregating<Reporter<W>>,
     duration: Option<std::time::Duration>,
     mut follower: Option<&mut Follower>,
 ) -> anyhow::Result<()> {
@@ -63,7 +64,7 @@ async fn final_report<W: std::io::Write>(
     if reason == EndReason::OutputClosed {
         return Ok(());
     }
-    match sink.emit(&tracer.counters()?) {
+    match sink.view.emit(&sink.aggregator, &tracer.counters()?) {
         Err(e) if is_closed_pipe(&e) => Ok(()),
         other => other.map_err(Into::into),
     }

@@ -16,14 +16,13 @@ use ratatui::{
     widgets::{Block, Paragraph, Row, Table},
 };
 
-use super::{Flow, Sink, periodic::rates};
+use super::{AggregateView, Flow, periodic::rates};
 use crate::model::{
     aggregate::{Aggregator, Sides},
     clock::Clock,
     counters::KernelCounters,
     report::Report,
-    timewait::TwEvent,
-    transition::{CloseSide, Comm, Transition},
+    transition::{CloseSide, Comm},
 };
 
 /// How the TIME_WAIT producers are grouped.
@@ -88,7 +87,6 @@ pub struct View {
 }
 
 pub struct Dashboard {
-    pub aggregator: Aggregator,
     terminal: Option<DefaultTerminal>,
     interval: Duration,
     rows: usize,
@@ -103,11 +101,10 @@ pub struct Dashboard {
 }
 
 impl Dashboard {
-    pub fn new(aggregator: Aggregator, interval: Duration, rows: usize) -> io::Result<Self> {
+    pub fn new(interval: Duration, rows: usize) -> io::Result<Self> {
         let terminal = ratatui::try_init()?;
         let now = Instant::now();
         Ok(Self {
-            aggregator,
             terminal: Some(terminal),
             interval,
             rows,
@@ -121,7 +118,7 @@ impl Dashboard {
         })
     }
 
-    fn view(&mut self, counters: &KernelCounters) -> View {
+    fn view(&mut self, aggregator: &Aggregator, counters: &KernelCounters) -> View {
         let shown = counters.since(&self.baseline);
         let now = Instant::now();
         let rates = rates(counters, &self.last.1, now.duration_since(self.last.0).as_secs_f64())
@@ -130,9 +127,9 @@ impl Dashboard {
             .collect();
         self.last = (now, counters.clone());
         let sort = self.sort;
-        let (rows, _) = self.aggregator.closes_by_process.top(self.rows, |s| sort.score(s));
+        let (rows, _) = aggregator.closes_by_process.top(self.rows, |s| sort.score(s));
         View {
-            report: Report::build(&self.aggregator, &shown, self.rows, self.since.elapsed().as_secs_f64()),
+            report: Report::build(aggregator, &shown, self.rows, self.since.elapsed().as_secs_f64()),
             rates,
             closes_by_process: rows
                 .into_iter()
@@ -155,7 +152,11 @@ impl Dashboard {
     }
 
     /// Handles waiting keys; `Stop` on quit.
-    fn keys(&mut self, counters: &dyn Fn() -> io::Result<KernelCounters>) -> io::Result<Flow> {
+    fn keys(
+        &mut self,
+        aggregator: &mut Aggregator,
+        counters: &dyn Fn() -> io::Result<KernelCounters>,
+    ) -> io::Result<Flow> {
         while event::poll(Duration::ZERO)? {
             let Event::Key(key) = event::read()? else { continue };
             if key.kind != KeyEventKind::Press {
@@ -165,7 +166,7 @@ impl Dashboard {
                 KeyCode::Char('q') | KeyCode::Esc => return Ok(Flow::Stop),
                 KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => return Ok(Flow::Stop),
                 KeyCode::Char('r') => {
-                    self.aggregator.reset();
+                    aggregator.reset();
                     self.baseline = counters()?;
                     self.since = Instant::now();
                 }
@@ -187,28 +188,18 @@ impl Drop for Dashboard {
     }
 }
 
-impl Sink for Dashboard {
-    fn transition(&mut self, t: &Transition) -> io::Result<()> {
-        self.aggregator.observe(t);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn timewait(&mut self, e: &TwEvent) -> io::Result<()> {
-        self.aggregator.observe_timewait(e);
-        Ok(())
-    }
-
-    fn tick(&mut self, counters: &dyn Fn() -> io::Result<KernelCounters>) -> io::Result<Flow> {
-        if self.keys(counters)? == Flow::Stop {
+impl AggregateView for Dashboard {
+    fn tick(
+        &mut self,
+        aggregator: &mut Aggregator,
+        counters: &dyn Fn() -> io::Result<KernelCounters>,
+    ) -> io::Result<Flow> {
+        if self.keys(aggregator, counters)? == Flow::Stop {
             return Ok(Flow::Stop);
         }
         if Instant::now() >= self.due {
             self.due = Instant::now() + self.interval;
-            let view = self.view(&counters()?);
+            let view = self.view(aggregator, &counters()?);
             if let Some(terminal) = &mut self.terminal {
                 terminal.draw(|frame| draw(frame, &view))?;
             }
@@ -374,7 +365,13 @@ pub fn draw(frame: &mut Frame<'_>, v: &View) {
             ],
         )
         .header(header(&["STATE", "COUNT", "MIN ms", "P50 ms", "P90 ms", "P99 ms", "MAX ms"]))
-        .block(Block::bordered().title("Time in state")),
+        .block(Block::bordered().title(match &r.timewait_ends {
+            Some(e) => format!(
+                "Time in state (TIME_WAIT and FIN_WAIT2 include timewait sockets, which ended: expired {}, reused {}, killed {}, unobserved {})",
+                e.total.expired, e.total.reused, e.total.killed, e.total.unobserved
+            ),
+            None => "Time in state".to_string(),
+        })),
         bottom,
     );
     frame.render_widget(
@@ -391,7 +388,7 @@ mod tests {
     use crate::model::aggregate::tests::server_closes_first;
 
     fn view(dropped: u64) -> View {
-        let mut agg = Aggregator::new(16, 64);
+        let mut agg = Aggregator::new(16, 64).following_timewait(true);
         for sk in 0..3 {
             server_closes_first(&mut agg, sk);
         }
@@ -427,6 +424,7 @@ mod tests {
         assert!(text.contains("FIN_WAIT1"), "{text}");
         assert!(text.contains("dropped 0"), "{text}");
         assert!(text.contains("q quit"), "{text}");
+        assert!(text.contains("which ended: expired 0, reused 0, killed 0"), "{text}");
     }
 
     #[test]

@@ -12,7 +12,9 @@ use std::io::{self, Write};
 
 use bytes::BytesMut;
 
-use crate::model::{counters::KernelCounters, timewait::TwEvent, transition::Transition};
+use crate::model::{
+    aggregate::Aggregator, counters::KernelCounters, timewait::TwEvent, transition::Transition,
+};
 
 /// Whether the session goes on after a tick.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +35,42 @@ pub trait Sink {
     /// to read the kernel counters. Periodic sinks refresh here.
     fn tick(&mut self, _counters: &dyn Fn() -> io::Result<KernelCounters>) -> io::Result<Flow> {
         Ok(Flow::Continue)
+    }
+}
+
+/// Presents an aggregate as it grows: periodic reports, or the dashboard.
+pub trait AggregateView {
+    fn tick(
+        &mut self,
+        aggregator: &mut Aggregator,
+        counters: &dyn Fn() -> io::Result<KernelCounters>,
+    ) -> io::Result<Flow>;
+}
+
+/// The sink of `stats` and `top`: feeds the aggregator, and lets its view
+/// present it on every tick.
+pub struct Aggregating<V> {
+    pub aggregator: Aggregator,
+    pub view: V,
+}
+
+impl<V: AggregateView> Sink for Aggregating<V> {
+    fn transition(&mut self, t: &Transition) -> io::Result<()> {
+        self.aggregator.observe(t);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn timewait(&mut self, e: &TwEvent) -> io::Result<()> {
+        self.aggregator.observe_timewait(e);
+        Ok(())
+    }
+
+    fn tick(&mut self, counters: &dyn Fn() -> io::Result<KernelCounters>) -> io::Result<Flow> {
+        self.view.tick(&mut self.aggregator, counters)
     }
 }
 

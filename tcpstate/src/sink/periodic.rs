@@ -10,12 +10,9 @@ use std::{
 use bytes::BufMut as _;
 use serde::Serialize;
 
-use super::{BatchWriter, Flow, Sink, report};
-use crate::model::timewait::TwEvent;
+use super::{AggregateView, BatchWriter, Flow, report};
 use crate::{
-    model::{
-        aggregate::Aggregator, clock::Clock, counters::KernelCounters, report::Report, transition::Transition,
-    },
+    model::{aggregate::Aggregator, clock::Clock, counters::KernelCounters, report::Report},
     source::procnet,
 };
 
@@ -52,8 +49,8 @@ struct Snapshot<'a> {
     report: &'a Report,
 }
 
-pub struct ReportSink<W: Write> {
-    pub aggregator: Aggregator,
+/// `stats` and `top` off a terminal: the aggregate as reports.
+pub struct Reporter<W: Write> {
     out: BatchWriter<W>,
     json: bool,
     top: usize,
@@ -65,11 +62,10 @@ pub struct ReportSink<W: Write> {
     tcpext_at_start: BTreeMap<String, u64>,
 }
 
-impl<W: Write> ReportSink<W> {
-    pub fn new(out: W, aggregator: Aggregator, json: bool, top: usize, interval: Option<Duration>) -> Self {
+impl<W: Write> Reporter<W> {
+    pub fn new(out: W, json: bool, top: usize, interval: Option<Duration>) -> Self {
         let now = Instant::now();
         Self {
-            aggregator,
             out: BatchWriter::new(out),
             json,
             top,
@@ -81,17 +77,16 @@ impl<W: Write> ReportSink<W> {
         }
     }
 
-    pub fn report(&self, counters: &KernelCounters) -> Report {
-        let mut report =
-            Report::build(&self.aggregator, counters, self.top, self.started.elapsed().as_secs_f64());
+    pub fn report(&self, aggregator: &Aggregator, counters: &KernelCounters) -> Report {
+        let mut report = Report::build(aggregator, counters, self.top, self.started.elapsed().as_secs_f64());
         report.tcpext = procnet::delta(&self.tcpext_at_start, &procnet::tcpext());
         report
     }
 
     /// Writes one report; with an interval (top), headed by the rates since
     /// the last one.
-    pub fn emit(&mut self, counters: &KernelCounters) -> io::Result<()> {
-        let report = self.report(counters);
+    pub fn emit(&mut self, aggregator: &Aggregator, counters: &KernelCounters) -> io::Result<()> {
+        let report = self.report(aggregator, counters);
         let now = Instant::now();
         let rates = rates(counters, &self.last.1, now.duration_since(self.last.0).as_secs_f64());
         self.last = (now, counters.clone());
@@ -121,26 +116,16 @@ impl<W: Write> ReportSink<W> {
     }
 }
 
-impl<W: Write> Sink for ReportSink<W> {
-    fn transition(&mut self, t: &Transition) -> io::Result<()> {
-        self.aggregator.observe(t);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn timewait(&mut self, e: &TwEvent) -> io::Result<()> {
-        self.aggregator.observe_timewait(e);
-        Ok(())
-    }
-
-    fn tick(&mut self, counters: &dyn Fn() -> io::Result<KernelCounters>) -> io::Result<Flow> {
+impl<W: Write> AggregateView for Reporter<W> {
+    fn tick(
+        &mut self,
+        aggregator: &mut Aggregator,
+        counters: &dyn Fn() -> io::Result<KernelCounters>,
+    ) -> io::Result<Flow> {
         if let Some(interval) = self.interval
             && self.last.0.elapsed() >= interval
         {
-            self.emit(&counters()?)?;
+            self.emit(aggregator, &counters()?)?;
         }
         Ok(Flow::Continue)
     }
@@ -153,14 +138,14 @@ mod tests {
 
     #[test]
     fn json_documents_and_rates() {
-        let mut sink =
-            ReportSink::new(Vec::new(), Aggregator::new(16, 64), true, 5, Some(Duration::from_secs(1)));
-        server_closes_first(&mut sink.aggregator, 1);
+        let mut reporter = Reporter::new(Vec::new(), true, 5, Some(Duration::from_secs(1)));
+        let mut agg = Aggregator::new(16, 64);
+        server_closes_first(&mut agg, 1);
         let mut counters = KernelCounters::default();
         counters.transitions.insert((TcpState::FIN_WAIT2, TcpState::CLOSE), 10);
-        sink.emit(&counters).unwrap();
-        sink.emit(&counters).unwrap();
-        let text = String::from_utf8(sink.out.into_inner()).unwrap();
+        reporter.emit(&agg, &counters).unwrap();
+        reporter.emit(&agg, &counters).unwrap();
+        let text = String::from_utf8(reporter.out.into_inner()).unwrap();
         let docs: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0]["time_wait"]["total"], 1);
