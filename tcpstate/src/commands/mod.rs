@@ -7,7 +7,10 @@ pub mod trace;
 
 use std::io::Write;
 
-use crate::cli::{Cli, Command};
+use crate::{
+    cli::{Cli, Command},
+    source::timewait::{Follower, MODE},
+};
 
 /// Where a command's results go: stdout, or a buffer in tests.
 pub struct Output<'a> {
@@ -27,4 +30,26 @@ pub async fn run(cli: Cli, out: Output<'_>) -> anyhow::Result<()> {
         Command::Census(args) => census::run(args, out).await,
         Command::Sysctl(args) => sysctl::run(args, out),
     }
+}
+
+/// Says how timewait sockets are followed, for the start-up line.
+pub fn following(follower: Option<&Follower>) -> String {
+    match follower {
+        Some(_) => format!(", following timewait sockets through {MODE} (fentry hooks are not used)"),
+        None => String::new(),
+    }
+}
+
+/// What following timewait sockets cost, for the summary.
+pub fn follower_summary(f: &Follower) -> String {
+    let c = f.cost;
+    format!(
+        "timewait sockets ({MODE}): {} still followed, {} polls read {} sockets in {:.1} ms, {} in unreachable namespaces, {} over capacity",
+        f.tracker.len(),
+        c.polls,
+        c.sockets_read,
+        c.time.as_secs_f64() * 1e3,
+        c.unreachable,
+        f.tracker.over_capacity
+    )
 }

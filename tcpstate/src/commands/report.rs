@@ -22,7 +22,7 @@ pub async fn stats(args: StatsArgs, out: Output<'_>) -> anyhow::Result<()> {
     };
     (out.on_ready)(&format!(
         "Collecting TCP state transitions{}. Hit Ctrl-C to end and report.",
-        super::trace::following(follower.as_ref())
+        super::following(follower.as_ref())
     ));
     final_report(&mut tracer, &mut sink, args.session.duration, follower.as_mut()).await
 }
@@ -45,7 +45,7 @@ pub async fn top(top: TopArgs, out: Output<'_>) -> anyhow::Result<()> {
     };
     (out.on_ready)(&format!(
         "Tracing TCP state transitions{}. Hit Ctrl-C to end.",
-        super::trace::following(follower.as_ref())
+        super::following(follower.as_ref())
     ));
     final_report(&mut tracer, &mut sink, args.session.duration, follower.as_mut()).await
 }
@@ -59,7 +59,7 @@ async fn final_report<W: std::io::Write>(
 ) -> anyhow::Result<()> {
     let reason = session::run(tracer, sink, duration, follower.as_deref_mut()).await?;
     if let Some(f) = follower {
-        eprintln!("{}", super::trace::follower_summary(f));
+        eprintln!("{}", super::follower_summary(f));
     }
     if reason == EndReason::OutputClosed {
         return Ok(());

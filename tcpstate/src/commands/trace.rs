@@ -1,6 +1,6 @@
 //! `tcpstate trace`: one line or JSON object per transition.
 
-use super::Output;
+use super::{Output, follower_summary, following};
 use crate::{
     cli::TraceArgs,
     model::clock::Clock,
@@ -10,10 +10,7 @@ use crate::{
         json::JsonSink,
         text::{TextSink, address_width},
     },
-    source::{
-        timewait::{Follower, MODE},
-        tracer::Tracer,
-    },
+    source::tracer::Tracer,
 };
 
 pub async fn run(args: TraceArgs, out: Output<'_>) -> anyhow::Result<()> {
@@ -47,26 +44,4 @@ pub async fn run(args: TraceArgs, out: Output<'_>) -> anyhow::Result<()> {
 fn summarize(tracer: &Tracer) -> anyhow::Result<()> {
     eprint!("\n{}", tracer.counters()?);
     Ok(())
-}
-
-/// Says how timewait sockets are followed, for the start-up line.
-pub fn following(follower: Option<&Follower>) -> String {
-    match follower {
-        Some(_) => format!(", following timewait sockets through {MODE} (fentry hooks are not used)"),
-        None => String::new(),
-    }
-}
-
-/// What following timewait sockets cost, for the summary.
-pub fn follower_summary(f: &Follower) -> String {
-    let c = f.cost;
-    format!(
-        "timewait sockets ({MODE}): {} still followed, {} polls read {} sockets in {:.1} ms, {} in unreachable namespaces, {} over capacity",
-        f.tracker.len(),
-        c.polls,
-        c.sockets_read,
-        c.time.as_secs_f64() * 1e3,
-        c.unreachable,
-        f.tracker.over_capacity
-    )
 }

@@ -196,11 +196,6 @@ impl Tracer {
         Ok(table.keys().filter(Result::is_ok).count())
     }
 
-    /// Records received through the ring buffer so far.
-    pub fn received(&self) -> u64 {
-        self.received
-    }
-
     pub fn counters(&self) -> anyhow::Result<KernelCounters> {
         let map = |name: &str| self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"));
         let transitions: PerCpuArray<_, u64> = PerCpuArray::try_from(map(abi::MAP_TRANSITIONS)?)?;
