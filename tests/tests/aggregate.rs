@@ -1,13 +1,7 @@
 //! `tcpstate stats` and `tcpstate top` against the real kernel, with known
 //! numbers.
 
-use std::time::{Duration, Instant};
-
 use serde_json::Value;
-use tcpstate::{
-    model::aggregate::{Aggregator, DEFAULT_TABLE_CAP},
-    source::tracer::Filters,
-};
 use tcpstate_tests::*;
 
 /// Rows of a ranked table as (comm, value of `field`).
@@ -74,6 +68,12 @@ fn fixed_scenario_counts_sides_and_time_wait_producers() {
     }
 
     let report: Value = serde_json::from_str(&stats.output()).expect("one JSON document");
+    // Exact counts need every tracepoint hit: a heavily loaded machine can
+    // make the kernel skip some, which tcpstate reports.
+    assert_eq!(
+        report["losses"]["tracepoint_hits_skipped"], 0,
+        "the kernel skipped hits; counts would be short"
+    );
     let tw = &report["time_wait"];
     assert_eq!(tw["total"], 30, "{tw}");
     assert_eq!(by_comm(&tw["by_process"], "count"), [("tsp-a".into(), 20), ("tsp-s".into(), 10)]);
@@ -177,77 +177,4 @@ fn close_wait_hold_is_measured() {
     assert_eq!(close_wait["count"], 6);
     let p50_ms = close_wait["p50_ns"].as_u64().unwrap() as f64 / 1e6;
     assert!((200.0..=400.0).contains(&p50_ms), "CLOSE_WAIT p50 {p50_ms} ms");
-}
-
-/// 100k short connections leave the socket tables empty and the aggregate
-/// tables at their caps. Sizes only; no timing.
-#[test]
-fn memory_stays_bounded_over_100k_connections() {
-    if !kernel_tests_possible("memory_bounded") {
-        return;
-    }
-    const CONNECTIONS: u64 = 100_000;
-    let ns = Netns::new("churn");
-    let port = unique_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut tracer = start_tracer(Filters { ports: vec![port], ..Default::default() });
-    let mut agg = Aggregator::new(DEFAULT_TABLE_CAP, 1 << 18);
-    let n = CONNECTIONS.to_string();
-    // The server closes first, so its TIME_WAITs spread over every client port.
-    let server = Peer::server(
-        &ns,
-        "tsp-churn-s",
-        &["server", "--listen", &addr, "--count", &n, "--close", "first", "--timeout", "300"],
-    );
-    let client = Peer::spawn(
-        &ns,
-        "tsp-churn-c",
-        false,
-        &["client", "--connect", &addr, "--count", &n, "--close", "second", "--timeout", "300"],
-    );
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut peak_sockets = 0;
-    while !client.exited() && Instant::now() < deadline {
-        tracer
-            .drain(|t| -> Result<(), ()> {
-                agg.observe(&t);
-                Ok(())
-            })
-            .unwrap();
-        peak_sockets = peak_sockets.max(agg.sockets.len());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    client.finish();
-    server.finish();
-    // Both peers are gone, so every event is in the ring: drain it once more.
-    // (The listener's close may already have been drained in the loop.)
-    let events = collect(&mut tracer, Duration::ZERO, |_| true);
-    for t in &events {
-        agg.observe(t);
-    }
-    let counters = tracer.counters().unwrap();
-    assert_eq!(counters.ringbuf_full, 0, "events dropped");
-    assert_eq!(agg.time_wait, CONNECTIONS);
-    // Every connection closed once on each side; the server closed them all
-    // first. (Under churn a client side can rarely end in a reset: a SYN
-    // meeting an old timewait socket as the ports wrap around.)
-    assert_eq!(agg.closes.active, CONNECTIONS, "{:?}", agg.closes);
-    assert_eq!(
-        agg.closes.total() + agg.closes_unknown,
-        2 * CONNECTIONS,
-        "{:?} unknown {}",
-        agg.closes,
-        agg.closes_unknown
-    );
-    // Per-socket state went as sockets closed.
-    assert_eq!(agg.sockets.len(), 0);
-    assert!(peak_sockets < 1000, "peak {peak_sockets} sockets followed at once");
-    assert_eq!(tracer.sockets_in_kernel().unwrap(), 0);
-    // Every aggregate table is capped; the overflow is counted, not kept.
-    assert_eq!(agg.time_wait_by_remote.len(), DEFAULT_TABLE_CAP);
-    let (_, other) = agg.time_wait_by_remote.top(10, |v| *v);
-    assert!(other > CONNECTIONS / 2, "other {other}");
-    assert!(agg.time_wait_by_process.len() <= 2);
-    assert!(agg.closes_by_raddr.len() <= 1);
-    assert!(agg.closes_by_lport.len() <= DEFAULT_TABLE_CAP);
 }
