@@ -62,6 +62,9 @@ pub struct CensusArgs {
     /// Network namespace: a name under /run/netns, or a path such as /proc/PID/ns/net
     #[arg(long, value_name = "NAME|PATH")]
     pub netns: Option<String>,
+    /// Only sockets with one of these ports at either end (filtered in the kernel)
+    #[arg(long, value_name = "PORTS", value_delimiter = ',', value_parser = parse_port)]
+    pub port: Vec<u16>,
     /// Also count per local port, remote address or owning process
     #[arg(long, value_enum)]
     pub by: Option<crate::model::census::GroupBy>,
@@ -181,9 +184,14 @@ impl SessionArgs {
         TracerOptions { filters, ring_bytes: self.ring_size, max_sockets: self.max_sockets }
     }
 
-    /// The timewait follower, unless turned off.
-    pub fn follower(&self) -> Option<Follower> {
-        (!self.no_timewait).then(|| Follower::new(self.tw_poll, timewait::DEFAULT_CAPACITY))
+    /// The timewait follower, unless turned off. With port filters, its
+    /// dumps keep only sockets on those ports.
+    pub fn follower(&self, filters: &Filters) -> Option<Follower> {
+        let mut ports: Vec<u16> =
+            [&filters.lports, &filters.rports, &filters.ports].into_iter().flatten().copied().collect();
+        ports.sort_unstable();
+        ports.dedup();
+        (!self.no_timewait).then(|| Follower::new(self.tw_poll, timewait::DEFAULT_CAPACITY, ports))
     }
 }
 

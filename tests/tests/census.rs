@@ -28,6 +28,8 @@ fn known_sockets(ns: &Netns, port: u16) -> (mpsc::Sender<()>, std::thread::JoinH
         // SAFETY: a valid fd; only this thread changes namespace.
         assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        // Another service, which `--port` must leave out.
+        let other = TcpListener::bind(("127.0.0.1", port + 1000)).unwrap();
         let connect = || {
             let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
             let (server, _) = listener.accept().unwrap();
@@ -57,7 +59,7 @@ fn known_sockets(ns: &Netns, port: u16) -> (mpsc::Sender<()>, std::thread::JoinH
         std::thread::sleep(Duration::from_millis(100));
         ready_tx.send(()).unwrap();
         let _ = stop_rx.recv_timeout(Duration::from_secs(30));
-        drop((open, waiting, listener));
+        drop((open, waiting, listener, other));
     });
     ready_rx.recv_timeout(Duration::from_secs(10)).expect("sockets in place");
     (stop_tx, handle)
@@ -101,11 +103,20 @@ fn census_counts_exactly_and_agrees_with_ss() {
     )
     .unwrap();
     let text = CommandRun::start(&["census", "--netns", &ns.name, "--by", "lport"]).output();
+    let only: Value = serde_json::from_str(
+        &CommandRun::start(&["census", "--netns", &ns.name, "--json", "--port", &port.to_string()]).output(),
+    )
+    .unwrap();
+    let other: Value = serde_json::from_str(
+        &CommandRun::start(&["census", "--netns", &ns.name, "--json", "--port", &(port + 1000).to_string()])
+            .output(),
+    )
+    .unwrap();
     stop.send(()).unwrap();
     holder.join().unwrap();
 
     let expected: BTreeMap<String, u64> = [
-        ("LISTEN", 1),
+        ("LISTEN", 2),
         ("ESTABLISHED", 2 * ESTABLISHED as u64),
         ("TIME_WAIT", TIME_WAIT as u64),
         ("CLOSE_WAIT", CLOSE_WAIT as u64),
@@ -117,6 +128,11 @@ fn census_counts_exactly_and_agrees_with_ss() {
     assert_eq!(states(&census), expected);
     assert_eq!(states(&census), ss, "census and ss -tan disagree");
     assert_eq!(census["total"], expected.values().sum::<u64>());
+    // --port, filtered in the kernel: everything on the port, nothing else.
+    assert_eq!(only["total"], expected.values().sum::<u64>() - 1);
+    assert_eq!(only["states"]["LISTEN"], 1);
+    assert_eq!(other["total"], 1);
+    assert_eq!(other["states"]["LISTEN"], 1);
 
     // Timewait sockets under their real substate, with their timers.
     let tw: BTreeMap<String, &Value> = census["timewait"]
@@ -141,7 +157,7 @@ fn census_counts_exactly_and_agrees_with_ss() {
         .filter(|g| g["key"].as_str().unwrap().starts_with(&ours))
         .map(|g| g["total"].as_u64().unwrap())
         .sum();
-    assert_eq!(owned, 1 + 2 * ESTABLISHED as u64 + CLOSE_WAIT as u64);
+    assert_eq!(owned, 2 + 2 * ESTABLISHED as u64 + CLOSE_WAIT as u64);
     let unowned = groups.iter().find(|g| g["key"].as_str().unwrap().starts_with("(timewait")).unwrap();
     assert_eq!(unowned["total"], (TIME_WAIT + CLOSE_WAIT) as u64);
 

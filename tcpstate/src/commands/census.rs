@@ -31,7 +31,7 @@ pub async fn run(args: CensusArgs, out: Output<'_>) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     (out.on_ready)("");
     loop {
-        let entries = diag.dump(families, StateFlags::all())?;
+        let entries = diag.dump(families, StateFlags::all(), &args.port)?;
         let owners = if args.by == Some(GroupBy::Process) { socket_owners() } else { Default::default() };
         let census = Census::build(
             &entries,

@@ -27,7 +27,7 @@ pub async fn run(args: TraceArgs, out: Output<'_>) -> anyhow::Result<()> {
             Err(e) => return Err(e.into()),
         }
     };
-    let mut follower = args.session.follower();
+    let mut follower = args.session.follower(&args.filters.to_filters());
     (out.on_ready)(&format!(
         "Tracing TCP state transitions{}. Hit Ctrl-C to end.",
         following(follower.as_ref())

@@ -46,6 +46,57 @@ const MSG_TIMER_OFFSET: usize = 2;
 const MSG_EXPIRES_OFFSET: usize = 52;
 const NLMSG_HEADER_LEN: usize = 16;
 
+/// `INET_DIAG_REQ_BYTECODE`: a filter program attached to a dump request.
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+// inet_diag_bc_op codes (include/uapi/linux/inet_diag.h).
+const BC_JMP: u8 = 1;
+const BC_S_GE: u8 = 2;
+const BC_S_LE: u8 = 3;
+const BC_D_GE: u8 = 4;
+const BC_D_LE: u8 = 5;
+
+fn op(code: u8, yes: u8, no: u16) -> [u8; 4] {
+    let [n0, n1] = no.to_ne_bytes();
+    [code, yes, n0, n1]
+}
+
+/// A filter program keeping sockets whose local or remote port is in
+/// `ports`, in the kernel, as `ss '( sport = :P or dport = :P )'` does.
+///
+/// The kernel audits a program by walking its `yes` jumps, which must visit
+/// every op, so each `yes` steps to the next op and branching uses `no`: a
+/// failed comparison skips ahead, a match falls through to a JMP whose `no`
+/// lands exactly on the end (accept); the last op jumps past it (reject).
+pub fn port_filter(ports: &[u16]) -> Vec<u8> {
+    const BLOCK: usize = 40; // per port: 2 comparisons + JMP, for each side
+    let end = ports.len() * BLOCK + 4;
+    let mut bc = Vec::with_capacity(end);
+    for &port in ports {
+        for (ge, le) in [(BC_S_GE, BC_S_LE), (BC_D_GE, BC_D_LE)] {
+            // A comparison is two ops, the second holding the port.
+            bc.extend(op(ge, 8, 20));
+            bc.extend(op(0, 0, port));
+            bc.extend(op(le, 8, 12));
+            bc.extend(op(0, 0, port));
+            let to_end = (end - bc.len()) as u16;
+            bc.extend(op(BC_JMP, 4, to_end));
+        }
+    }
+    bc.extend(op(BC_JMP, 4, 8));
+    bc
+}
+
+/// Appends a netlink attribute to a serialised message, fixing its length.
+fn append_attribute(message: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+    let len = (4 + payload.len()) as u16;
+    message.extend(len.to_ne_bytes());
+    message.extend(kind.to_ne_bytes());
+    message.extend(payload);
+    message.resize(message.len().next_multiple_of(4), 0);
+    let total = message.len() as u32;
+    message[..4].copy_from_slice(&total.to_ne_bytes());
+}
+
 /// Reads `idiag_timer` and `idiag_expires` from a raw sock_diag message.
 /// netlink-packet-sock-diag 0.5 drops the expiry of timewait timers, which
 /// is exactly what the census needs.
@@ -106,11 +157,19 @@ impl SockDiag {
         Ok(Self { socket, buf: vec![0; 64 * 1024] })
     }
 
-    /// Dumps the TCP sockets of the given families in the given states.
-    pub fn dump(&mut self, families: &[Family], states: StateFlags) -> anyhow::Result<Vec<SockEntry>> {
+    /// Dumps the TCP sockets of the given families in the given states;
+    /// with `ports`, only those with one of them at either end (filtered in
+    /// the kernel).
+    pub fn dump(
+        &mut self,
+        families: &[Family],
+        states: StateFlags,
+        ports: &[u16],
+    ) -> anyhow::Result<Vec<SockEntry>> {
+        let filter = (!ports.is_empty()).then(|| port_filter(ports));
         let mut out = Vec::new();
         for &family in families {
-            self.dump_family(family, states.clone(), &mut out)?;
+            self.dump_family(family, states.clone(), filter.as_deref(), &mut out)?;
         }
         Ok(out)
     }
@@ -119,6 +178,7 @@ impl SockDiag {
         &mut self,
         family: Family,
         states: StateFlags,
+        filter: Option<&[u8]>,
         out: &mut Vec<SockEntry>,
     ) -> anyhow::Result<()> {
         let (af, id) = match family {
@@ -138,6 +198,10 @@ impl SockDiag {
         packet.finalize();
         let mut req = vec![0; packet.buffer_len()];
         packet.serialize(&mut req);
+        // netlink-packet-sock-diag has no way to attach attributes.
+        if let Some(bytecode) = filter {
+            append_attribute(&mut req, INET_DIAG_REQ_BYTECODE, bytecode);
+        }
         self.socket.send(&req, 0).context("sock_diag request")?;
 
         loop {
@@ -208,10 +272,37 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let mut diag = SockDiag::open(&Netns::Current).unwrap();
-        let socks = diag.dump(&[Family::Ipv4], StateFlags::LISTEN).unwrap();
+        let socks = diag.dump(&[Family::Ipv4], StateFlags::LISTEN, &[]).unwrap();
         let ours = socks.iter().find(|s| s.sport == port).expect("our listener");
         assert_eq!(ours.state, TcpState::LISTEN);
         assert!(!ours.timewait);
         assert_ne!(ours.inode, 0);
+        // The kernel accepts the port filter and applies it.
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let only = diag.dump(&[Family::Ipv4], StateFlags::LISTEN, &[port]).unwrap();
+        assert_eq!(only.iter().map(|s| s.sport).collect::<Vec<_>>(), [port]);
+        let both = diag
+            .dump(&[Family::Ipv4], StateFlags::LISTEN, &[port, other.local_addr().unwrap().port()])
+            .unwrap();
+        assert_eq!(both.len(), 2);
+    }
+
+    #[test]
+    fn port_filter_shape() {
+        let bc = port_filter(&[80]);
+        assert_eq!(bc.len(), 44);
+        let ops: Vec<(u8, u8, u16)> =
+            bc.chunks(4).map(|c| (c[0], c[1], u16::from_ne_bytes([c[2], c[3]]))).collect();
+        // Every yes steps to the next op, so the kernel's audit sees them all.
+        assert!(ops.iter().filter(|o| o.0 != 0).all(|o| o.1 == 4 || o.1 == 8));
+        assert_eq!(ops[0], (BC_S_GE, 8, 20));
+        assert_eq!(ops[1], (0, 0, 80));
+        assert_eq!(ops[4], (BC_JMP, 4, 44 - 16));
+        assert_eq!(ops[10], (BC_JMP, 4, 8));
+        let mut msg = vec![0u8; 16];
+        append_attribute(&mut msg, INET_DIAG_REQ_BYTECODE, &[1, 2, 3]);
+        assert_eq!(msg.len(), 24);
+        assert_eq!(u32::from_ne_bytes(msg[..4].try_into().unwrap()), 24);
+        assert_eq!(u16::from_ne_bytes([msg[16], msg[17]]), 7);
     }
 }

@@ -41,6 +41,8 @@ pub struct Follower {
     own_netns: u32,
     interval: Duration,
     next_poll: Instant,
+    /// The user's port filters: dumps keep only sockets with these ports.
+    ports: Vec<u16>,
     pub cost: PollCost,
 }
 
@@ -64,39 +66,43 @@ fn find_netns(netns: u32) -> Option<Netns> {
         .map(Netns::Path)
 }
 
+/// The sock_diag socket for namespace `netns`, opened on first use; `None`
+/// (remembered) if the namespace cannot be entered.
+fn open_diag(
+    diags: &mut HashMap<u32, Option<SockDiag>>,
+    own_netns: u32,
+    netns: u32,
+) -> Option<&mut SockDiag> {
+    diags
+        .entry(netns)
+        .or_insert_with(|| {
+            // 0: the program could not tell (no BTF); assume ours.
+            let ns = if netns == 0 || netns == own_netns { Some(Netns::Current) } else { find_netns(netns) };
+            let diag =
+                ns.and_then(|ns| SockDiag::open(&ns).map_err(|e| log::warn!("netns {netns}: {e:#}")).ok());
+            if diag.is_none() {
+                log::warn!("cannot enter network namespace {netns}: its timewait sockets are not followed");
+            }
+            diag
+        })
+        .as_mut()
+}
+
 impl Follower {
-    pub fn new(interval: Duration, capacity: usize) -> Self {
+    pub fn new(interval: Duration, capacity: usize, ports: Vec<u16>) -> Self {
         Self {
             tracker: Tracker::new(capacity),
             diags: HashMap::new(),
             own_netns: inode(Path::new("/proc/self/ns/net")).unwrap_or(0),
             interval,
             next_poll: Instant::now(),
+            ports,
             cost: PollCost::default(),
         }
     }
 
     pub fn on_transition(&mut self, t: &Transition) -> Option<TwEvent> {
         self.tracker.on_transition(t)
-    }
-
-    fn diag(&mut self, netns: u32) -> Option<&mut SockDiag> {
-        let own = self.own_netns;
-        self.diags
-            .entry(netns)
-            .or_insert_with(|| {
-                // 0: the program could not tell (no BTF); assume ours.
-                let ns = if netns == 0 || netns == own { Some(Netns::Current) } else { find_netns(netns) };
-                let diag = ns
-                    .and_then(|ns| SockDiag::open(&ns).map_err(|e| log::warn!("netns {netns}: {e:#}")).ok());
-                if diag.is_none() {
-                    log::warn!(
-                        "cannot enter network namespace {netns}: its timewait sockets are not followed"
-                    );
-                }
-                diag
-            })
-            .as_mut()
     }
 
     /// Dumps the namespaces with followed connections, if a poll is due.
@@ -106,13 +112,13 @@ impl Follower {
         }
         let started = Instant::now();
         for netns in self.tracker.namespaces() {
-            let Some(diag) = self.diag(netns) else {
+            let Some(diag) = open_diag(&mut self.diags, self.own_netns, netns) else {
                 self.cost.unreachable += self.tracker.abandon(netns) as u64;
                 continue;
             };
             let before = Clock::monotonic_now_ns();
-            let socks =
-                diag.dump(&[Family::Ipv4, Family::Ipv6], StateFlags::TIME_WAIT | StateFlags::FIN_WAIT2)?;
+            let states = StateFlags::TIME_WAIT | StateFlags::FIN_WAIT2;
+            let socks = diag.dump(&[Family::Ipv4, Family::Ipv6], states, &self.ports)?;
             // The kernel read its timers between these two instants.
             let at = before + (Clock::monotonic_now_ns() - before) / 2;
             self.cost.sockets_read += socks.len() as u64;
