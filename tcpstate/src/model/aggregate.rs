@@ -255,7 +255,9 @@ pub struct Aggregator {
     pub time_wait_by_process: CappedTable<ProcessKey, u64>,
     pub time_wait_by_lport: CappedTable<u16, u64>,
     pub time_wait_by_remote: CappedTable<SocketAddr, u64>,
-    /// Followed timewait sockets: how they ended, overall and per producer.
+    /// Followed timewait sockets: how many are in one now, and how they
+    /// ended, overall and per producer.
+    pub in_timewait: u64,
     pub timewait_ends: Ends,
     pub timewait_ends_by_process: CappedTable<ProcessKey, Ends>,
     /// Whether timewait sockets are followed: the FIN_WAIT2 time of a
@@ -282,6 +284,7 @@ impl Aggregator {
             time_wait_by_process: CappedTable::new(table_cap),
             time_wait_by_lport: CappedTable::new(table_cap),
             time_wait_by_remote: CappedTable::new(table_cap),
+            in_timewait: 0,
             timewait_ends: Ends::default(),
             timewait_ends_by_process: CappedTable::new(table_cap),
             follows_timewait: false,
@@ -299,12 +302,18 @@ impl Aggregator {
         self.time_in_state[state.0 as usize % TCP_STATE_COUNT].saturating_record(ns.max(HIST_LOW_NS));
     }
 
-    /// Takes in what the timewait follower saw end.
+    /// Takes in what the timewait follower saw: FIN_WAIT2 time as soon as
+    /// that phase is over, TIME_WAIT time and the cause when a socket ends.
     pub fn observe_timewait(&mut self, e: &TwEvent) {
-        let TwEvent::Ended { cause, fin_wait2_ns, time_wait_ns, owner, .. } = e else { return };
-        if let Some(ns) = *fin_wait2_ns {
+        if let Some(ns) = e.completed_fin_wait2_ns() {
             self.record(TcpState::FIN_WAIT2, ns);
         }
+        match e {
+            TwEvent::Entered { .. } => self.in_timewait += 1,
+            TwEvent::Ended { substate: Some(_), .. } => self.in_timewait = self.in_timewait.saturating_sub(1),
+            _ => {}
+        }
+        let TwEvent::Ended { cause, time_wait_ns, owner, .. } = e else { return };
         if let Some(ns) = *time_wait_ns {
             self.record(TcpState::TIME_WAIT, ns);
         }
@@ -480,6 +489,22 @@ pub(crate) mod tests {
         assert_eq!(agg.time_in_state[TcpState::FIN_WAIT2.0 as usize].len(), 0);
         let t = step(1, TcpState::FIN_WAIT2, TcpState::CLOSE, Some(CloseSide::Active));
         let key = TwKey { netns: 1, saddr: t.saddr, sport: t.sport, daddr: t.daddr, dport: t.dport };
+        agg.observe_timewait(&TwEvent::Entered {
+            key,
+            owner: t.owner,
+            at_ns: 0,
+            substate: TcpState::FIN_WAIT2,
+            expires_at_ns: 0,
+            fin_wait2_ns: None,
+        });
+        assert_eq!(agg.in_timewait, 1);
+        agg.observe_timewait(&TwEvent::FinArrived {
+            key,
+            owner: t.owner,
+            at_ns: 0,
+            fin_wait2_ns: 302_000_000,
+        });
+        assert_eq!(agg.time_in_state[TcpState::FIN_WAIT2.0 as usize].len(), 1, "recorded when the FIN came");
         agg.observe_timewait(&TwEvent::Ended {
             key,
             owner: t.owner,
@@ -489,8 +514,9 @@ pub(crate) mod tests {
             fin_wait2_ns: Some(302_000_000),
             time_wait_ns: Some(60_000_000_000),
         });
-        assert_eq!(agg.time_in_state[TcpState::FIN_WAIT2.0 as usize].len(), 1);
+        assert_eq!(agg.time_in_state[TcpState::FIN_WAIT2.0 as usize].len(), 1, "not twice");
         assert_eq!(agg.time_in_state[TcpState::TIME_WAIT.0 as usize].len(), 1);
+        assert_eq!(agg.in_timewait, 0);
         assert_eq!(agg.timewait_ends.expired, 1);
         let (rows, _) = agg.timewait_ends_by_process.top(5, Ends::score);
         assert_eq!(rows[0].1.expired, 1);

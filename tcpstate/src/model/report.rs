@@ -77,6 +77,9 @@ pub struct ProcessEnds {
 pub struct TimewaitEnds {
     /// How they are followed: "sock_diag" here (fentry hooks are not used).
     pub mode: &'static str,
+    /// Connections in a timewait socket now (their TIME_WAIT time is
+    /// recorded when they end).
+    pub in_timewait_now: u64,
     pub total: Ends,
     pub by_process: Ranked<ProcessEnds, Ends>,
 }
@@ -223,6 +226,7 @@ impl Report {
             },
             timewait_ends: agg.follows_timewait.then(|| TimewaitEnds {
                 mode: crate::source::timewait::MODE,
+                in_timewait_now: agg.in_timewait,
                 total: agg.timewait_ends,
                 by_process: ranked(&agg.timewait_ends_by_process, top, |k, ends| {
                     let (pid, comm) = process(k);

@@ -87,8 +87,16 @@ impl EndCause {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TwEvent {
     /// The timewait socket was found, in `substate`. `at_ns` is when the
-    /// connection entered it (from the tracepoint).
-    Entered { key: TwKey, owner: Option<Owner>, at_ns: u64, substate: TcpState, expires_at_ns: u64 },
+    /// connection entered it (from the tracepoint). Straight into TIME_WAIT,
+    /// the FIN_WAIT2 phase (the full socket's, if any) is complete.
+    Entered {
+        key: TwKey,
+        owner: Option<Owner>,
+        at_ns: u64,
+        substate: TcpState,
+        expires_at_ns: u64,
+        fin_wait2_ns: Option<u64>,
+    },
     /// The peer's FIN arrived: FIN_WAIT2 became TIME_WAIT at `at_ns`.
     FinArrived { key: TwKey, owner: Option<Owner>, at_ns: u64, fin_wait2_ns: u64 },
     Ended {
@@ -105,6 +113,18 @@ pub enum TwEvent {
 }
 
 impl TwEvent {
+    /// The connection's whole time in FIN_WAIT2, on the one event that
+    /// completes that phase: entering TIME_WAIT directly, the FIN arriving,
+    /// or an end while still in FIN_WAIT2 (or never seen).
+    pub fn completed_fin_wait2_ns(&self) -> Option<u64> {
+        match self {
+            Self::Entered { fin_wait2_ns, .. } => *fin_wait2_ns,
+            Self::FinArrived { fin_wait2_ns, .. } => Some(*fin_wait2_ns),
+            Self::Ended { substate: None | Some(TcpState::FIN_WAIT2), fin_wait2_ns, .. } => *fin_wait2_ns,
+            Self::Ended { .. } => None,
+        }
+    }
+
     pub fn key(&self) -> &TwKey {
         match self {
             Self::Entered { key, .. } | Self::FinArrived { key, .. } | Self::Ended { key, .. } => key,
@@ -159,6 +179,7 @@ impl Entry {
                     at_ns: self.entry_ns,
                     substate: first,
                     expires_at_ns: expires_at,
+                    fin_wait2_ns: if fin_wait2_first { None } else { self.full_fin_wait2_ns },
                 });
                 self.substate = Some(first);
                 if state == TcpState::TIME_WAIT {
@@ -371,6 +392,8 @@ mod tests {
         let ev = dump(&mut tr, 1_500 * MS, &[sock(&t, TcpState::TIME_WAIT, 59_800)]);
         assert!(matches!(ev[0], TwEvent::Entered { substate: TcpState::FIN_WAIT2, .. }), "{ev:?}");
         assert!(matches!(ev[1], TwEvent::FinArrived { at_ns, .. } if at_ns == 1_300 * MS), "{ev:?}");
+        let completed: Vec<_> = ev.iter().filter_map(TwEvent::completed_fin_wait2_ns).collect();
+        assert_eq!(completed, [300 * MS + 30_000], "once, when the FIN came");
     }
 
     #[test]
@@ -380,6 +403,8 @@ mod tests {
         tr.on_transition(&t);
         let ev = dump(&mut tr, 1_100 * MS, &[sock(&t, TcpState::TIME_WAIT, 59_900)]);
         assert!(matches!(ev[..], [TwEvent::Entered { substate: TcpState::TIME_WAIT, .. }]), "{ev:?}");
+        // The full socket's 30 µs of FIN_WAIT2 are complete: reported once, now.
+        assert_eq!(ev[0].completed_fin_wait2_ns(), Some(30_000));
     }
 
     #[test]

@@ -208,6 +208,7 @@ mod tests {
             at_ns: 5,
             substate: TcpState::FIN_WAIT2,
             expires_at_ns: 9,
+            fin_wait2_ns: None,
         })
         .unwrap();
         sink.timewait(&TwEvent::Ended {

@@ -88,8 +88,8 @@ pub fn render(out: &mut impl Write, r: &Report) -> fmt::Result {
         let t = &ends.total;
         writeln!(
             out,
-            "\nTimewait sockets followed ({}): expired {}, reused {}, killed {}, unobserved {}",
-            ends.mode, t.expired, t.reused, t.killed, t.unobserved
+            "\nTimewait sockets followed ({}): {} still in one; ended: expired {}, reused {}, killed {}, unobserved {}",
+            ends.mode, ends.in_timewait_now, t.expired, t.reused, t.killed, t.unobserved
         )?;
         if !ends.by_process.rows.is_empty() {
             writeln!(
