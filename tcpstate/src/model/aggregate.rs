@@ -14,7 +14,7 @@ use tcpstate_ebpf::TCP_STATE_COUNT;
 
 use super::{
     timewait::{EndCause, TwEvent},
-    transition::{CloseSide, Comm, TcpState, Transition},
+    transition::{CloseSide, Comm, Owner, TcpState, Transition},
 };
 
 /// Rows an aggregate table keeps before counting new keys under "other".
@@ -162,18 +162,15 @@ impl<K: Hash + Eq + Clone + Ord, V: Tally> CappedTable<K, V> {
 }
 
 /// The owner a row is filed under; unknown owners share one row.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProcessKey {
     pub pid: Option<u32>,
     pub comm: Option<Comm>,
 }
 
 impl ProcessKey {
-    fn of(t: &Transition) -> Self {
-        match &t.owner {
-            Some(o) => Self { pid: Some(o.pid), comm: Some(o.comm) },
-            None => Self { pid: None, comm: None },
-        }
+    fn of(owner: Option<&Owner>) -> Self {
+        Self { pid: owner.map(|o| o.pid), comm: owner.map(|o| o.comm) }
     }
 }
 
@@ -318,11 +315,7 @@ impl Aggregator {
             self.record(TcpState::TIME_WAIT, ns);
         }
         *self.timewait_ends.slot(*cause) += 1;
-        let process = match owner {
-            Some(o) => ProcessKey { pid: Some(o.pid), comm: Some(o.comm) },
-            None => ProcessKey { pid: None, comm: None },
-        };
-        *self.timewait_ends_by_process.entry(process).slot(*cause) += 1;
+        *self.timewait_ends_by_process.entry(ProcessKey::of(owner.as_ref())).slot(*cause) += 1;
     }
 
     /// Forgets everything but the sockets being followed (the `r` key in top).
@@ -349,11 +342,11 @@ impl Aggregator {
         if t.seen_from_start {
             self.lifetime.saturating_record(t.ts_ns.saturating_sub(t.first_seen_ns).max(HIST_LOW_NS));
         }
-        let process = ProcessKey::of(t);
+        let process = ProcessKey::of(t.owner.as_ref());
         match t.close {
             Some(side) => {
                 self.closes.add(side);
-                self.closes_by_process.entry(process.clone()).add(side);
+                self.closes_by_process.entry(process).add(side);
                 self.closes_by_comm.entry(process.comm).add(side);
                 self.closes_by_lport.entry(t.sport).add(side);
                 self.closes_by_raddr.entry(t.daddr).add(side);
