@@ -92,6 +92,9 @@ fn census_counts_exactly_and_agrees_with_ss() {
         return;
     }
     let ns = Netns::new("census");
+    // Loopback reuses TIME_WAIT 4-tuples by default (tcp_tw_reuse=2): a later
+    // connect() could take one over and change the count.
+    assert!(ns.exec(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=0"]).status.success());
     let port = unique_port();
     let (stop, holder) = known_sockets(&ns, port);
     let census: Value =
