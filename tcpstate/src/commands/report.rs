@@ -14,8 +14,9 @@ fn aggregator(follows_timewait: bool) -> Aggregator {
 }
 
 pub async fn stats(args: StatsArgs, out: Output<'_>) -> anyhow::Result<()> {
-    let mut tracer = Tracer::start(&args.session.tracer_options(args.filters.to_filters()))?;
-    let mut follower = args.session.follower(&args.filters.to_filters());
+    let filters = args.filters.to_filters();
+    let mut follower = args.session.follower(&filters);
+    let mut tracer = Tracer::start(&args.session.tracer_options(filters))?;
     let mut sink = Aggregating {
         aggregator: aggregator(follower.is_some()),
         view: Reporter::new(out.writer, args.report.json, args.report.top.into(), None),
@@ -29,8 +30,9 @@ pub async fn stats(args: StatsArgs, out: Output<'_>) -> anyhow::Result<()> {
 
 pub async fn top(top: TopArgs, out: Output<'_>) -> anyhow::Result<()> {
     let (args, interval) = (top.stats, top.interval);
-    let mut tracer = Tracer::start(&args.session.tracer_options(args.filters.to_filters()))?;
-    let mut follower = args.session.follower(&args.filters.to_filters());
+    let filters = args.filters.to_filters();
+    let mut follower = args.session.follower(&filters);
+    let mut tracer = Tracer::start(&args.session.tracer_options(filters))?;
     let agg = aggregator(follower.is_some());
     if out.is_terminal && !args.report.json {
         (out.on_ready)("");

@@ -15,19 +15,18 @@ use crate::{
 
 pub async fn run(args: TraceArgs, out: Output<'_>) -> anyhow::Result<()> {
     let filters = args.filters.to_filters();
-    let ipv4_only = args.filters.ipv4;
+    let mut follower = args.session.follower(&filters);
     let mut tracer = Tracer::start(&args.session.tracer_options(filters))?;
     let clock = Clock::new();
     let mut sink: Box<dyn Sink + '_> = if args.json {
         Box::new(JsonSink::new(out.writer, clock))
     } else {
-        match TextSink::new(out.writer, clock, address_width(ipv4_only)) {
+        match TextSink::new(out.writer, clock, address_width(args.filters.ipv4)) {
             Ok(sink) => Box::new(sink),
             Err(e) if is_closed_pipe(&e) => return summarize(&tracer),
             Err(e) => return Err(e.into()),
         }
     };
-    let mut follower = args.session.follower(&args.filters.to_filters());
     (out.on_ready)(&format!(
         "Tracing TCP state transitions{}. Hit Ctrl-C to end.",
         following(follower.as_ref())
