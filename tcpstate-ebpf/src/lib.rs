@@ -252,6 +252,29 @@ pub struct SockOffsets {
     pub net_inum: u16,
 }
 
+/// Offsets into a timewait socket, from BTF at start, for the exact-mode
+/// hooks. `struct inet_timewait_sock` starts with a `struct sock_common`,
+/// as `struct sock` does, so the 4-tuple sits where it does in a socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TwOffsets {
+    /// `sock_common` members.
+    pub daddr: u16,
+    pub rcv_saddr: u16,
+    /// Network byte order.
+    pub dport: u16,
+    /// The local port, host byte order.
+    pub num: u16,
+    pub family: u16,
+    pub v6_daddr: u16,
+    pub v6_rcv_saddr: u16,
+    /// `inet_timewait_sock` members.
+    pub substate: u16,
+    /// The `timer_list` handed to `tw_timer_handler`.
+    pub timer: u16,
+    pub _pad: u16,
+}
+
 /// Load-time configuration, the program's `CONFIG` global.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -264,8 +287,54 @@ pub struct Config {
     pub family: u8,
     pub filters: u8,
     pub sock: SockOffsets,
+    pub tw: TwOffsets,
+}
+
+// ---------------------------------------------------------------------------
+// Exact timewait hooks (fentry, where the kernel allows it; kernel-notes §4)
+// ---------------------------------------------------------------------------
+
+/// `TwHookEvent::hook`: which kernel function fired.
+/// `__inet_twsk_schedule(tw, timeo, rearm = false)`: the timewait socket is
+/// made, in `substate`, with a timer of `timeo` jiffies.
+pub const TW_HOOK_SCHEDULE: u8 = 1;
+/// `__inet_twsk_schedule(tw, timeo, rearm = true)`: the timer restarted, on
+/// the peer's FIN (FIN_WAIT2 → TIME_WAIT) or a FIN retransmitted into TIME_WAIT.
+pub const TW_HOOK_RESCHEDULE: u8 = 2;
+/// `tw_timer_handler`: the timer fired; the socket expires.
+pub const TW_HOOK_EXPIRE: u8 = 3;
+/// `inet_twsk_deschedule_put`: ended early, by a reuse, an RST or a
+/// namespace going away.
+pub const TW_HOOK_DESCHEDULE: u8 = 4;
+
+/// One timewait hook firing, through the same ring buffer as [`Event`]; the
+/// reader tells the two apart by their sizes. 72 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TwHookEvent {
+    pub ts_ns: u64,
+    pub twaddr: u64,
+    /// As in [`Event`]: IPv4 addresses v4-mapped.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub netns: u32,
+    /// The timer's length in jiffies, on the two schedule hooks.
+    pub timeo: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub hook: u8,
+    pub substate: u8,
     pub _pad: [u8; 4],
 }
+
+/// The exact-mode programs, and the kernel functions each attaches to, in
+/// the order they are tried. Each is optional: see `tcpstate::source::hooks`.
+pub const TW_PROGRAMS: [(&str, &str); 3] = [
+    ("tw_schedule", "__inet_twsk_schedule"),
+    ("tw_expire", "tw_timer_handler"),
+    ("tw_deschedule", "inet_twsk_deschedule_put"),
+];
 
 impl Config {
     /// All zeroes, for the program's compile-time default; userspace always
@@ -289,7 +358,18 @@ impl Config {
             family: FAMILY_ANY,
             filters: 0,
             sock: SockOffsets { net: 0, net_inum: 0 },
-            _pad: [0; 4],
+            tw: TwOffsets {
+                daddr: 0,
+                rcv_saddr: 0,
+                dport: 0,
+                num: 0,
+                family: 0,
+                v6_daddr: 0,
+                v6_rcv_saddr: 0,
+                substate: 0,
+                timer: 0,
+                _pad: 0,
+            },
         }
     }
 }
@@ -408,7 +488,10 @@ mod tests {
         assert_eq!(core::mem::size_of::<SockRecord>(), 48);
         assert_eq!(core::mem::size_of::<Owner>(), 24);
         assert_eq!(core::mem::size_of::<RecordOffsets>(), 22);
-        assert_eq!(core::mem::size_of::<Config>(), 40);
+        assert_eq!(core::mem::size_of::<Config>(), 56);
+        assert_eq!(core::mem::size_of::<TwHookEvent>(), 72);
+        // The reader tells ring records apart by size.
+        assert_ne!(core::mem::size_of::<TwHookEvent>(), core::mem::size_of::<Event>());
         assert!(transition_index(15, 15) < TRANSITION_SLOTS);
         assert_eq!(transition_index(TCP_ESTABLISHED, TCP_FIN_WAIT1), 16 + 4);
     }

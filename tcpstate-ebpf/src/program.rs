@@ -9,9 +9,9 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_kernel_buf,
     },
-    macros::{map, tracepoint},
+    macros::{fentry, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{FEntryContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
 use tcpstate_ebpf::*;
@@ -221,6 +221,100 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
     };
     entry.submit(wakeup);
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Exact timewait hooks. Loaded only where the kernel allows fentry; each
+// reports the timewait socket's 4-tuple, which userspace matches with the
+// full socket's handover on the tracepoint.
+// ---------------------------------------------------------------------------
+
+/// `__inet_twsk_schedule(tw, timeo, rearm)`: made, or its timer restarted.
+#[fentry(function = "__inet_twsk_schedule")]
+pub fn tw_schedule(ctx: FEntryContext) -> u32 {
+    let tw: u64 = ctx.arg(0);
+    let timeo: i32 = ctx.arg(1);
+    let rearm: u8 = ctx.arg(2);
+    let hook = if rearm != 0 { TW_HOOK_RESCHEDULE } else { TW_HOOK_SCHEDULE };
+    report_timewait(tw, hook, timeo as u32);
+    0
+}
+
+/// `tw_timer_handler(timer)`: the timer, inside the timewait socket, fired.
+#[fentry(function = "tw_timer_handler")]
+pub fn tw_expire(ctx: FEntryContext) -> u32 {
+    let timer: u64 = ctx.arg(0);
+    report_timewait(timer - u64::from(CONFIG.load().tw.timer), TW_HOOK_EXPIRE, 0);
+    0
+}
+
+/// `inet_twsk_deschedule_put(tw)`: ended before its timer.
+#[fentry(function = "inet_twsk_deschedule_put")]
+pub fn tw_deschedule(ctx: FEntryContext) -> u32 {
+    let tw: u64 = ctx.arg(0);
+    report_timewait(tw, TW_HOOK_DESCHEDULE, 0);
+    0
+}
+
+#[inline(always)]
+fn read<T>(addr: u64) -> T
+where
+    T: Default,
+{
+    // SAFETY: the fault-safe helper; a failed read gives the default.
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.unwrap_or_default()
+}
+
+#[inline(always)]
+fn report_timewait(tw: u64, hook: u8, timeo: u32) {
+    let cfg = CONFIG.load();
+    let off = cfg.tw;
+    let family: u16 = read(tw + u64::from(off.family));
+    let is_v4 = family == AF_INET;
+    if (cfg.family == FAMILY_IPV4 && !is_v4) || (cfg.family == FAMILY_IPV6 && is_v4) {
+        return;
+    }
+    let sport: u16 = read(tw + u64::from(off.num));
+    let dport = u16::from_be(read(tw + u64::from(off.dport)));
+    // The owner filters need the full socket, which is gone: userspace
+    // drops timewait sockets whose handover it did not see.
+    if cfg.filters & (FILTER_LPORT | FILTER_RPORT | FILTER_PORT) != 0 {
+        let rec = SockRecord { flags: FLAG_OWNER_KNOWN, ..SockRecord::default() };
+        if !selected(cfg.filters & (FILTER_LPORT | FILTER_RPORT | FILTER_PORT), sport, dport, &rec) {
+            return;
+        }
+    }
+    let (saddr, daddr) = if is_v4 {
+        (v4_mapped(read(tw + u64::from(off.rcv_saddr))), v4_mapped(read(tw + u64::from(off.daddr))))
+    } else {
+        (read(tw + u64::from(off.v6_rcv_saddr)), read(tw + u64::from(off.v6_daddr)))
+    };
+    let Some(mut entry) = EVENTS.reserve::<TwHookEvent>(0) else {
+        bump(&COUNTERS, COUNTER_RINGBUF_FULL);
+        return;
+    };
+    entry.write(TwHookEvent {
+        // SAFETY: a plain helper call.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        twaddr: tw,
+        saddr,
+        daddr,
+        netns: netns_of(tw, cfg.sock),
+        timeo,
+        sport,
+        dport,
+        family,
+        hook,
+        substate: read(tw + u64::from(off.substate)),
+        _pad: [0; 4],
+    });
+    // Rare next to transitions: leave the wakeup to the transitions' policy.
+    entry.submit(BPF_RB_NO_WAKEUP.into());
+}
+
+#[inline(always)]
+fn v4_mapped(addr: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]]
 }
 
 /// The inode of the socket's network namespace, read once per socket

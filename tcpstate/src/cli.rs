@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     model::{timewait, transition::Family},
     source::{
+        hooks::Hooks,
         timewait::Follower,
         tracer::{Filters, TracerOptions},
     },
@@ -174,24 +175,42 @@ pub struct SessionArgs {
     /// Do not follow connections into their timewait sockets
     #[arg(long)]
     pub no_timewait: bool,
-    /// How often to poll sock_diag for followed timewait sockets
+    /// How often to poll sock_diag for followed timewait sockets (when the
+    /// exact hooks cannot measure everything)
     #[arg(long, value_name = "INTERVAL", default_value = "200ms", value_parser = parse_duration)]
     pub tw_poll: Duration,
+    /// How to follow timewait sockets: `auto` uses fentry hooks where the
+    /// kernel allows them and sock_diag polling for the rest; `sock-diag`
+    /// polls only
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub tw_mode: TimewaitMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TimewaitMode {
+    Auto,
+    SockDiag,
 }
 
 impl SessionArgs {
     pub fn tracer_options(&self, filters: Filters) -> TracerOptions {
-        TracerOptions { filters, ring_bytes: self.ring_size, max_sockets: self.max_sockets }
+        TracerOptions {
+            filters,
+            ring_bytes: self.ring_size,
+            max_sockets: self.max_sockets,
+            timewait_hooks: !self.no_timewait && self.tw_mode == TimewaitMode::Auto,
+        }
     }
 
     /// The timewait follower, unless turned off. With port filters, its
     /// dumps keep only sockets on those ports.
-    pub fn follower(&self, filters: &Filters) -> Option<Follower> {
+    pub fn follower(&self, filters: &Filters, hooks: &Hooks) -> Option<Follower> {
         let mut ports: Vec<u16> =
             [&filters.lports, &filters.rports, &filters.ports].into_iter().flatten().copied().collect();
         ports.sort_unstable();
         ports.dedup();
-        (!self.no_timewait).then(|| Follower::new(self.tw_poll, timewait::DEFAULT_CAPACITY, ports))
+        (!self.no_timewait)
+            .then(|| Follower::new(self.tw_poll, timewait::DEFAULT_CAPACITY, ports, hooks.sources()))
     }
 }
 

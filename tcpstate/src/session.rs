@@ -13,7 +13,7 @@ use crate::{
     sink::{Flow, Sink, is_closed_pipe},
     source::{
         timewait::Follower,
-        tracer::{POLL_INTERVAL, Tracer},
+        tracer::{POLL_INTERVAL, Record, Tracer},
     },
 };
 
@@ -30,15 +30,23 @@ pub enum EndReason {
 /// Hands the waiting transitions to the sink, and to the timewait follower,
 /// whose events go to the sink too.
 fn drain(tracer: &mut Tracer, sink: &mut dyn Sink, follower: &mut Option<&mut Follower>) -> io::Result<()> {
-    tracer.drain(|t| {
-        sink.transition(&t)?;
-        match follower.as_mut().and_then(|f| f.on_transition(&t)) {
-            Some(ended) => sink.timewait(&ended),
-            None => Ok(()),
+    let mut events = Vec::new();
+    tracer.drain(|record| {
+        match record {
+            Record::Transition(t) => {
+                sink.transition(&t)?;
+                events.extend(follower.as_mut().and_then(|f| f.on_transition(&t)));
+            }
+            Record::Timewait(hook) => {
+                if let Some(f) = follower.as_mut() {
+                    f.on_hook(&hook, &mut events);
+                }
+            }
         }
+        // In the kernel's order, interleaved with the transitions.
+        events.drain(..).try_for_each(|e| sink.timewait(&e))
     })?;
     if let Some(f) = follower {
-        let mut events = Vec::new();
         f.poll_if_due(&mut events).map_err(io::Error::other)?;
         for e in &events {
             sink.timewait(e)?;

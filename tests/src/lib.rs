@@ -44,6 +44,12 @@ pub fn kernel_tests_possible(test: &str) -> bool {
     }
 }
 
+/// The timewait mode the tracer must report: `sock_diag` by default, or
+/// what the VM runner says its kernel allows (`fentry`).
+pub fn expected_timewait_mode() -> String {
+    std::env::var("TCPSTATE_EXPECT_TW_MODE").unwrap_or_else(|_| "sock_diag".into())
+}
+
 /// Ports unique within this test binary, away from the ephemeral range.
 pub fn unique_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
@@ -187,7 +193,7 @@ pub fn collect(
     let mut seen = Vec::new();
     loop {
         tracer
-            .drain(|t| -> Result<(), ()> {
+            .drain_transitions(|t| -> Result<(), ()> {
                 seen.push(t);
                 Ok(())
             })

@@ -27,7 +27,9 @@ fn fixed_scenario_counts_sides_and_time_wait_producers() {
     let ns = Netns::new("agg");
     let (pa, ps, pc) = (unique_port(), unique_port(), unique_port());
     let ports = format!("{pa},{ps},{pc}");
-    let common = ["--port", ports.as_str(), "--duration", "5"];
+    // Long enough for the other two commands to start before the traffic
+    // (seconds each in the emulated VM, where the exact hooks load too).
+    let common = ["--port", ports.as_str(), "--duration", "8"];
     let stats = CommandRun::start(&[&["stats", "--json"][..], &common].concat());
     let top_json = CommandRun::start(&[&["top", "--json", "--interval", "1"][..], &common].concat());
     let top_text = CommandRun::start(&[&["top", "--interval", "1"][..], &common].concat());

@@ -40,7 +40,7 @@ fn memory_stays_bounded_over_100k_connections() {
     let mut peak_sockets = 0;
     while !client.exited() && Instant::now() < deadline {
         tracer
-            .drain(|t| -> Result<(), ()> {
+            .drain_transitions(|t| -> Result<(), ()> {
                 agg.observe(&t);
                 Ok(())
             })
@@ -55,7 +55,7 @@ fn memory_stays_bounded_over_100k_connections() {
     let settle = Instant::now() + Duration::from_secs(5);
     loop {
         tracer
-            .drain(|t| -> Result<(), ()> {
+            .drain_transitions(|t| -> Result<(), ()> {
                 agg.observe(&t);
                 Ok(())
             })

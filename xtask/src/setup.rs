@@ -60,24 +60,34 @@ fn ensure_llvm_dev(major: u32) -> anyhow::Result<PathBuf> {
         println!("setup: {package} is installed");
         return Ok(prefix);
     }
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root || Command::new("apt-get").arg("--version").output().is_err() {
-        bail!(
-            "LLVM {major} development files are missing: install {package} (Debian/Ubuntu), or run `cargo xtask setup` as root where apt-get exists"
-        );
-    }
-    // A fresh machine's package lists are empty.
-    run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
-    run_cmd(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends", &package])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
+    apt_install(&[&package]).with_context(|| {
+        format!("LLVM {major} development files are missing: install {package} (Debian/Ubuntu)")
+    })?;
     if !llvm_dev_present(&prefix) {
         bail!("installed {package} but {} has no llvm-config or llvm-c headers", prefix.display());
     }
     Ok(prefix)
+}
+
+/// Installs Debian packages through apt-get, as root.
+pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || Command::new("apt-get").arg("--version").output().is_err() {
+        bail!(
+            "{} must be installed: run `cargo xtask setup` as root where apt-get exists",
+            packages.join(", ")
+        );
+    }
+    println!("setup: installing {}", packages.join(", "));
+    // A fresh machine's package lists are empty.
+    run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 /// Whether the installed bpf-linker is the right version and links the

@@ -9,7 +9,7 @@ use std::io::Write;
 
 use crate::{
     cli::{Cli, Command},
-    source::timewait::{Follower, MODE},
+    source::{hooks::Hooks, timewait::Follower},
 };
 
 /// Where a command's results go: stdout, or a buffer in tests.
@@ -32,24 +32,31 @@ pub async fn run(cli: Cli, out: Output<'_>) -> anyhow::Result<()> {
     }
 }
 
-/// Says how timewait sockets are followed, for the start-up line.
-pub fn following(follower: Option<&Follower>) -> String {
-    match follower {
-        Some(_) => format!(", following timewait sockets through {MODE} (fentry hooks are not used)"),
-        None => String::new(),
+/// Says how timewait sockets are followed, for the start-up line, and
+/// why not exactly if the hooks were tried and failed.
+pub fn following(follower: Option<&Follower>, hooks: &Hooks) -> String {
+    let Some(f) = follower else { return String::new() };
+    let mut line = format!(", following timewait sockets by {}", f.tracker.sources().describe());
+    if let Some(first) = hooks.failures().next() {
+        // aya's message repeats the errno after the (empty) verifier log.
+        let first = first.split(". Verifier output").next().unwrap_or_default();
+        line.push_str(&format!(" (exact hooks unavailable: {first})"));
     }
+    line
 }
 
 /// What following timewait sockets cost, for the summary.
 pub fn follower_summary(f: &Follower) -> String {
     let c = f.cost;
     format!(
-        "timewait sockets ({MODE}): {} still followed, {} polls read {} sockets in {:.1} ms, {} in unreachable namespaces, {} over capacity",
+        "timewait sockets ({}): {} still followed, {} polls read {} sockets in {:.1} ms, {} in unreachable namespaces, {} over capacity, {} TIME_WAIT timers restarted",
+        f.tracker.sources().describe(),
         f.tracker.len(),
         c.polls,
         c.sockets_read,
         c.time.as_secs_f64() * 1e3,
         c.unreachable,
-        f.tracker.over_capacity
+        f.tracker.over_capacity,
+        f.tracker.rearmed
     )
 }

@@ -4,26 +4,27 @@ use super::Output;
 use crate::{
     cli::{StatsArgs, TopArgs},
     model::aggregate::{Aggregator, DEFAULT_SOCKET_CAP, DEFAULT_TABLE_CAP},
+    model::timewait::Sources,
     session::{self, EndReason},
     sink::{Aggregating, dashboard::Dashboard, is_closed_pipe, periodic::Reporter},
     source::{timewait::Follower, tracer::Tracer},
 };
 
-fn aggregator(follows_timewait: bool) -> Aggregator {
+fn aggregator(follows_timewait: Option<Sources>) -> Aggregator {
     Aggregator::new(DEFAULT_TABLE_CAP, DEFAULT_SOCKET_CAP).following_timewait(follows_timewait)
 }
 
 pub async fn stats(args: StatsArgs, out: Output<'_>) -> anyhow::Result<()> {
     let filters = args.filters.to_filters();
-    let mut follower = args.session.follower(&filters);
-    let mut tracer = Tracer::start(&args.session.tracer_options(filters))?;
+    let mut tracer = Tracer::start(&args.session.tracer_options(filters.clone()))?;
+    let mut follower = args.session.follower(&filters, tracer.hooks());
     let mut sink = Aggregating {
-        aggregator: aggregator(follower.is_some()),
+        aggregator: aggregator(follower.as_ref().map(|f| f.tracker.sources())),
         view: Reporter::new(out.writer, args.report.json, args.report.top.into(), None),
     };
     (out.on_ready)(&format!(
         "Collecting TCP state transitions{}. Hit Ctrl-C to end and report.",
-        super::following(follower.as_ref())
+        super::following(follower.as_ref(), tracer.hooks())
     ));
     final_report(&mut tracer, &mut sink, args.session.duration, follower.as_mut()).await
 }
@@ -31,9 +32,9 @@ pub async fn stats(args: StatsArgs, out: Output<'_>) -> anyhow::Result<()> {
 pub async fn top(top: TopArgs, out: Output<'_>) -> anyhow::Result<()> {
     let (args, interval) = (top.stats, top.interval);
     let filters = args.filters.to_filters();
-    let mut follower = args.session.follower(&filters);
-    let mut tracer = Tracer::start(&args.session.tracer_options(filters))?;
-    let agg = aggregator(follower.is_some());
+    let mut tracer = Tracer::start(&args.session.tracer_options(filters.clone()))?;
+    let mut follower = args.session.follower(&filters, tracer.hooks());
+    let agg = aggregator(follower.as_ref().map(|f| f.tracker.sources()));
     if out.is_terminal && !args.report.json {
         (out.on_ready)("");
         let mut dashboard =
@@ -47,7 +48,7 @@ pub async fn top(top: TopArgs, out: Output<'_>) -> anyhow::Result<()> {
     };
     (out.on_ready)(&format!(
         "Tracing TCP state transitions{}. Hit Ctrl-C to end.",
-        super::following(follower.as_ref())
+        super::following(follower.as_ref(), tracer.hooks())
     ));
     final_report(&mut tracer, &mut sink, args.session.duration, follower.as_mut()).await
 }

@@ -15,8 +15,8 @@ use crate::{
 
 pub async fn run(args: TraceArgs, out: Output<'_>) -> anyhow::Result<()> {
     let filters = args.filters.to_filters();
-    let mut follower = args.session.follower(&filters);
-    let mut tracer = Tracer::start(&args.session.tracer_options(filters))?;
+    let mut tracer = Tracer::start(&args.session.tracer_options(filters.clone()))?;
+    let mut follower = args.session.follower(&filters, tracer.hooks());
     let clock = Clock::new();
     let mut sink: Box<dyn Sink + '_> = if args.json {
         Box::new(JsonSink::new(out.writer, clock))
@@ -29,7 +29,7 @@ pub async fn run(args: TraceArgs, out: Output<'_>) -> anyhow::Result<()> {
     };
     (out.on_ready)(&format!(
         "Tracing TCP state transitions{}. Hit Ctrl-C to end.",
-        following(follower.as_ref())
+        following(follower.as_ref(), tracer.hooks())
     ));
     let reason = session::run(&mut tracer, sink.as_mut(), args.session.duration, follower.as_mut()).await?;
     log::info!("trace ended: {reason:?}");

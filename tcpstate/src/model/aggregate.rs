@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap as HashMap;
 use tcpstate_ebpf::TCP_STATE_COUNT;
 
 use super::{
-    timewait::{EndCause, TwEvent},
+    timewait::{EndCause, Sources, TwEvent},
     transition::{CloseSide, Comm, Owner, TcpState, Transition},
 };
 
@@ -259,7 +259,8 @@ pub struct Aggregator {
     pub timewait_ends_by_process: CappedTable<ProcessKey, Ends>,
     /// Whether timewait sockets are followed: the FIN_WAIT2 time of a
     /// connection handed to one is then recorded when it ends, whole.
-    pub follows_timewait: bool,
+    /// How timewait sockets are followed, if they are.
+    pub follows_timewait: Option<Sources>,
     /// Transitions observed in userspace.
     pub events: u64,
     table_cap: usize,
@@ -284,13 +285,13 @@ impl Aggregator {
             in_timewait: 0,
             timewait_ends: Ends::default(),
             timewait_ends_by_process: CappedTable::new(table_cap),
-            follows_timewait: false,
+            follows_timewait: None,
             events: 0,
             table_cap,
         }
     }
 
-    pub fn following_timewait(mut self, follows: bool) -> Self {
+    pub fn following_timewait(mut self, follows: Option<Sources>) -> Self {
         self.follows_timewait = follows;
         self
     }
@@ -330,7 +331,7 @@ impl Aggregator {
         self.sockets.observe(t);
         // A followed handover's FIN_WAIT2 time is recorded whole when its
         // timewait socket ends.
-        let deferred = self.follows_timewait && t.old == TcpState::FIN_WAIT2 && enters_time_wait(t);
+        let deferred = self.follows_timewait.is_some() && t.old == TcpState::FIN_WAIT2 && enters_time_wait(t);
         if let Some(ns) = t.in_old_state_ns
             && !deferred
         {
@@ -365,6 +366,7 @@ impl Aggregator {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::model::timewait::Measured;
     use crate::model::transition::{Family, Owner};
 
     pub(crate) fn step(skaddr: u64, old: TcpState, new: TcpState, close: Option<CloseSide>) -> Transition {
@@ -476,22 +478,24 @@ pub(crate) mod tests {
     #[test]
     fn timewait_ends_and_whole_fin_wait2() {
         use crate::model::timewait::TwKey;
-        let mut agg = Aggregator::new(16, 16).following_timewait(true);
+        let mut agg = Aggregator::new(16, 16).following_timewait(Some(Sources::default()));
         server_closes_first(&mut agg, 1);
         // The handover's 2 ms of FIN_WAIT2 wait for the timewait socket's end.
         assert_eq!(agg.time_in_state[TcpState::FIN_WAIT2.0 as usize].len(), 0);
         let t = step(1, TcpState::FIN_WAIT2, TcpState::CLOSE, Some(CloseSide::Active));
         let key = TwKey { netns: 1, saddr: t.saddr, sport: t.sport, daddr: t.daddr, dport: t.dport };
         agg.observe_timewait(&TwEvent::Entered {
+            mode: Measured::SockDiag,
             key,
             owner: t.owner,
             at_ns: 0,
             substate: TcpState::FIN_WAIT2,
-            expires_at_ns: 0,
+            expires_at_ns: Some(0),
             fin_wait2_ns: None,
         });
         assert_eq!(agg.in_timewait, 1);
         agg.observe_timewait(&TwEvent::FinArrived {
+            mode: Measured::SockDiag,
             key,
             owner: t.owner,
             at_ns: 0,
@@ -499,6 +503,7 @@ pub(crate) mod tests {
         });
         assert_eq!(agg.time_in_state[TcpState::FIN_WAIT2.0 as usize].len(), 1, "recorded when the FIN came");
         agg.observe_timewait(&TwEvent::Ended {
+            mode: Measured::SockDiag,
             key,
             owner: t.owner,
             at_ns: 0,

@@ -75,8 +75,9 @@ pub struct ProcessEnds {
 /// How followed timewait sockets ended.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TimewaitEnds {
-    /// How they are followed: "sock_diag" here (fentry hooks are not used).
-    pub mode: &'static str,
+    /// How they are followed: "fentry" (exact hooks), "sock_diag"
+    /// (polling), or which part each measures.
+    pub mode: String,
     /// Connections in a timewait socket now (their TIME_WAIT time is
     /// recorded when they end).
     pub in_timewait_now: u64,
@@ -224,8 +225,8 @@ impl Report {
                     count,
                 }),
             },
-            timewait_ends: agg.follows_timewait.then(|| TimewaitEnds {
-                mode: crate::source::timewait::MODE,
+            timewait_ends: agg.follows_timewait.map(|sources| TimewaitEnds {
+                mode: sources.describe(),
                 in_timewait_now: agg.in_timewait,
                 total: agg.timewait_ends,
                 by_process: ranked(&agg.timewait_ends_by_process, top, |k, ends| {

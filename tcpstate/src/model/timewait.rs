@@ -9,6 +9,10 @@
 //! - the end is an expiry if the socket is gone at its scheduled end, a
 //!   reuse if the tracepoint shows a new connection on the same 4-tuple
 //!   (an exact time), and a kill (an RST, say) if it vanished before.
+//!
+//! Where the kernel allows fentry, hooks on the timewait functions report
+//! each of these exactly instead ([`TwHook`]); the [`Sources`] say which
+//! part comes from where, and every event carries the mode that measured it.
 
 use std::{collections::BTreeSet, net::IpAddr};
 
@@ -19,7 +23,7 @@ use serde::Serialize;
 
 use super::{
     aggregate::enters_time_wait,
-    transition::{Owner, TcpState, Transition},
+    transition::{Owner, TcpState, Transition, decode_addr},
 };
 use crate::source::sockdiag::SockEntry;
 
@@ -31,6 +35,100 @@ const SUBSTATE_CHANGE_MIN_NS: u64 = 10_000_000;
 const EXPIRY_SLACK_NS: u64 = 20_000_000;
 /// Entries followed at once; more are counted and not followed.
 pub const DEFAULT_CAPACITY: usize = 262_144;
+/// An early end waits this long (in event time) for the new connection that
+/// would make it a reuse; the new connection's handshake completes after
+/// the old timewait socket is descheduled.
+const REUSE_GRACE_NS: u64 = 1_000_000_000;
+/// Schedule hooks waiting for their handover: it follows within
+/// microseconds on the same CPU, so older ones belong to filtered sockets.
+const PENDING_MAX_AGE_NS: u64 = 1_000_000_000;
+
+/// What measured a timewait event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Measured {
+    /// Polled sock_diag dumps: ends to the poll interval, FIN arrivals to
+    /// the millisecond.
+    #[default]
+    SockDiag,
+    /// fentry hooks on the kernel's timewait functions: exact.
+    Fentry,
+}
+
+impl Measured {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SockDiag => "sock_diag",
+            Self::Fentry => "fentry",
+        }
+    }
+}
+
+/// Which source measures each part of a timewait socket's life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sources {
+    /// Entry substate and the FIN's arrival (the schedule hook).
+    pub substates: Measured,
+    /// Expiry and early ends (the timer and deschedule hooks).
+    pub ends: Measured,
+}
+
+impl Sources {
+    /// Whether sock_diag must still be polled.
+    pub fn needs_polling(self) -> bool {
+        self.substates == Measured::SockDiag || self.ends == Measured::SockDiag
+    }
+
+    /// One word for reports: `fentry`, `sock_diag`, or which does what.
+    pub fn describe(self) -> String {
+        if self.substates == self.ends {
+            self.ends.name().to_string()
+        } else {
+            format!("substates by {}, ends by {}", self.substates.name(), self.ends.name())
+        }
+    }
+}
+
+/// One firing of an exact-mode hook, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TwHook {
+    pub kind: TwHookKind,
+    pub key: TwKey,
+    pub ts_ns: u64,
+    pub substate: TcpState,
+    /// The timer's length, on the schedule hooks (when the kernel's HZ is known).
+    pub timer_ns: Option<u64>,
+}
+
+impl TwHook {
+    /// Decodes a ring record; `None` for a hook number this build does not know.
+    pub fn from_raw(raw: &tcpstate_ebpf::TwHookEvent, timer_ns: Option<u64>) -> Option<Self> {
+        let kind = match raw.hook {
+            tcpstate_ebpf::TW_HOOK_SCHEDULE => TwHookKind::Scheduled,
+            tcpstate_ebpf::TW_HOOK_RESCHEDULE => TwHookKind::Rescheduled,
+            tcpstate_ebpf::TW_HOOK_EXPIRE => TwHookKind::Expired,
+            tcpstate_ebpf::TW_HOOK_DESCHEDULE => TwHookKind::Descheduled,
+            _ => return None,
+        };
+        let key = TwKey {
+            netns: raw.netns,
+            saddr: decode_addr(raw.saddr),
+            sport: raw.sport,
+            daddr: decode_addr(raw.daddr),
+            dport: raw.dport,
+        };
+        let timer_ns = timer_ns.filter(|_| matches!(kind, TwHookKind::Scheduled | TwHookKind::Rescheduled));
+        Some(Self { kind, key, ts_ns: raw.ts_ns, substate: TcpState(raw.substate), timer_ns })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TwHookKind {
+    Scheduled,
+    Rescheduled,
+    Expired,
+    Descheduled,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TwKey {
@@ -92,16 +190,19 @@ pub enum TwEvent {
     Entered {
         key: TwKey,
         owner: Option<Owner>,
+        mode: Measured,
         at_ns: u64,
         substate: TcpState,
-        expires_at_ns: u64,
+        /// When its timer is due, if known.
+        expires_at_ns: Option<u64>,
         fin_wait2_ns: Option<u64>,
     },
     /// The peer's FIN arrived: FIN_WAIT2 became TIME_WAIT at `at_ns`.
-    FinArrived { key: TwKey, owner: Option<Owner>, at_ns: u64, fin_wait2_ns: u64 },
+    FinArrived { key: TwKey, owner: Option<Owner>, mode: Measured, at_ns: u64, fin_wait2_ns: u64 },
     Ended {
         key: TwKey,
         owner: Option<Owner>,
+        mode: Measured,
         at_ns: u64,
         cause: EndCause,
         /// The substate it ended in, if it was ever seen.
@@ -136,6 +237,12 @@ impl TwEvent {
             Self::Entered { at_ns, .. } | Self::FinArrived { at_ns, .. } | Self::Ended { at_ns, .. } => {
                 *at_ns
             }
+        }
+    }
+
+    pub fn mode(&self) -> Measured {
+        match self {
+            Self::Entered { mode, .. } | Self::FinArrived { mode, .. } | Self::Ended { mode, .. } => *mode,
         }
     }
 
@@ -176,9 +283,10 @@ impl Entry {
                 events.push(TwEvent::Entered {
                     key,
                     owner: self.owner,
+                    mode: Measured::SockDiag,
                     at_ns: self.entry_ns,
                     substate: first,
-                    expires_at_ns: expires_at,
+                    expires_at_ns: Some(expires_at),
                     fin_wait2_ns: if fin_wait2_first { None } else { self.full_fin_wait2_ns },
                 });
                 self.substate = Some(first);
@@ -194,6 +302,7 @@ impl Entry {
             events.push(TwEvent::FinArrived {
                 key,
                 owner: self.owner,
+                mode: Measured::SockDiag,
                 at_ns: since,
                 fin_wait2_ns: since - self.entry_ns + self.full_fin_wait2_ns.unwrap_or(0),
             });
@@ -202,7 +311,7 @@ impl Entry {
         self.expires_at_ns = expires_at;
     }
 
-    fn end(self, key: TwKey, at_ns: u64, cause: EndCause) -> TwEvent {
+    fn end(self, key: TwKey, mode: Measured, at_ns: u64, cause: EndCause) -> TwEvent {
         let tw_fin_wait2 = match (self.substate, self.time_wait_since_ns) {
             (_, Some(since)) => since.saturating_sub(self.entry_ns),
             (Some(TcpState::FIN_WAIT2), None) => at_ns.saturating_sub(self.entry_ns),
@@ -215,6 +324,7 @@ impl Entry {
         TwEvent::Ended {
             key,
             owner: self.owner,
+            mode,
             at_ns,
             cause,
             substate: self.substate,
@@ -224,48 +334,57 @@ impl Entry {
     }
 }
 
+/// A schedule hook waiting for its connection's handover.
+#[derive(Clone, Copy, Debug)]
+struct Scheduled {
+    at_ns: u64,
+    substate: TcpState,
+    timer_ns: Option<u64>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Tracker {
     entries: HashMap<TwKey, Entry>,
     capacity: usize,
+    sources: Sources,
+    /// Schedule hooks not yet matched with a handover.
+    scheduled: HashMap<TwKey, Scheduled>,
+    /// Ended early by the deschedule hook, waiting to learn whether a new
+    /// connection took the 4-tuple: (entry, when it ended).
+    descheduled: HashMap<TwKey, (Entry, u64)>,
+    /// The latest event time seen, to age the two tables above.
+    latest_ns: u64,
     /// Counts dumps, to tell which entries the latest one showed.
     dumps: u64,
     /// Connections not followed because the table was full.
     pub over_capacity: u64,
+    /// Timers restarted by a FIN retransmitted into TIME_WAIT (exact mode).
+    pub rearmed: u64,
 }
 
 impl Tracker {
-    pub fn new(capacity: usize) -> Self {
-        Self { entries: HashMap::default(), capacity, dumps: 0, over_capacity: 0 }
+    pub fn new(capacity: usize, sources: Sources) -> Self {
+        Self { capacity, sources, ..Self::default() }
+    }
+
+    pub fn sources(&self) -> Sources {
+        self.sources
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + self.descheduled.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.descheduled.is_empty()
     }
 
     /// Starts following a connection entering TIME_WAIT, or ends one whose
     /// 4-tuple a new connection just took.
     pub fn on_transition(&mut self, t: &Transition) -> Option<TwEvent> {
+        self.latest_ns = self.latest_ns.max(t.ts_ns);
         if enters_time_wait(t) {
-            if self.entries.len() >= self.capacity {
-                self.over_capacity += 1;
-                return None;
-            }
-            let entry = Entry {
-                owner: t.owner,
-                entry_ns: t.ts_ns,
-                full_fin_wait2_ns: (t.old == TcpState::FIN_WAIT2).then_some(t.in_old_state_ns).flatten(),
-                substate: None,
-                time_wait_since_ns: None,
-                expires_at_ns: t.ts_ns + TIME_WAIT_LEN_NS,
-                seen_in: 0,
-            };
-            self.entries.insert(TwKey::of(t), entry);
-            return None;
+            return self.enter(t);
         }
         // connect() reusing the tuple (tcp_tw_reuse): it happened when the
         // socket entered SYN_SENT. A SYN taking over a server's timewait
@@ -276,7 +395,110 @@ impl Tracker {
             _ => return None,
         };
         let key = TwKey::of(t);
-        self.entries.remove(&key).map(|e| e.end(key, reused_at, EndCause::Reused))
+        // The deschedule hook timed the end exactly; this names its cause.
+        if let Some((entry, at)) = self.descheduled.remove(&key) {
+            return Some(entry.end(key, Measured::Fentry, at, EndCause::Reused));
+        }
+        self.entries.remove(&key).map(|e| e.end(key, Measured::SockDiag, reused_at, EndCause::Reused))
+    }
+
+    fn enter(&mut self, t: &Transition) -> Option<TwEvent> {
+        let key = TwKey::of(t);
+        let mut entry = Entry {
+            owner: t.owner,
+            entry_ns: t.ts_ns,
+            full_fin_wait2_ns: (t.old == TcpState::FIN_WAIT2).then_some(t.in_old_state_ns).flatten(),
+            substate: None,
+            time_wait_since_ns: None,
+            expires_at_ns: t.ts_ns + TIME_WAIT_LEN_NS,
+            seen_in: 0,
+        };
+        let mut entered = None;
+        if self.sources.substates == Measured::Fentry {
+            // The schedule hook fires inside tcp_time_wait(), just before
+            // the handover: without it, no timewait socket was made
+            // (tcp_max_tw_buckets), or the socket was reset instead.
+            let Some(sched) = self.scheduled.remove(&key) else {
+                return Some(entry.end(key, Measured::Fentry, t.ts_ns, EndCause::Unobserved));
+            };
+            entry.substate = Some(sched.substate);
+            let time_wait = sched.substate == TcpState::TIME_WAIT;
+            if time_wait {
+                entry.time_wait_since_ns = Some(entry.entry_ns);
+            }
+            entered = Some(TwEvent::Entered {
+                key,
+                owner: entry.owner,
+                mode: Measured::Fentry,
+                at_ns: entry.entry_ns,
+                substate: sched.substate,
+                expires_at_ns: sched.timer_ns.map(|n| sched.at_ns + n),
+                fin_wait2_ns: if time_wait { entry.full_fin_wait2_ns } else { None },
+            });
+        }
+        if self.entries.len() >= self.capacity {
+            self.over_capacity += 1;
+            return None;
+        }
+        self.entries.insert(key, entry);
+        entered
+    }
+
+    /// Applies one exact-mode hook firing.
+    pub fn on_hook(&mut self, hook: &TwHook, events: &mut Vec<TwEvent>) {
+        self.latest_ns = self.latest_ns.max(hook.ts_ns);
+        let key = hook.key;
+        match hook.kind {
+            TwHookKind::Scheduled if self.sources.substates == Measured::Fentry => {
+                if self.scheduled.len() >= self.capacity {
+                    let oldest = self.latest_ns.saturating_sub(PENDING_MAX_AGE_NS);
+                    self.scheduled.retain(|_, s| s.at_ns >= oldest);
+                }
+                let sched = Scheduled { at_ns: hook.ts_ns, substate: hook.substate, timer_ns: hook.timer_ns };
+                self.scheduled.insert(key, sched);
+            }
+            TwHookKind::Rescheduled if self.sources.substates == Measured::Fentry => {
+                let Some(entry) = self.entries.get_mut(&key) else { return };
+                if entry.substate == Some(TcpState::FIN_WAIT2) && hook.substate == TcpState::TIME_WAIT {
+                    entry.substate = Some(TcpState::TIME_WAIT);
+                    entry.time_wait_since_ns = Some(hook.ts_ns);
+                    events.push(TwEvent::FinArrived {
+                        key,
+                        owner: entry.owner,
+                        mode: Measured::Fentry,
+                        at_ns: hook.ts_ns,
+                        fin_wait2_ns: hook.ts_ns.saturating_sub(entry.entry_ns)
+                            + entry.full_fin_wait2_ns.unwrap_or(0),
+                    });
+                } else {
+                    self.rearmed += 1;
+                }
+            }
+            TwHookKind::Expired if self.sources.ends == Measured::Fentry => {
+                if let Some(entry) = self.entries.remove(&key) {
+                    events.push(entry.end(key, Measured::Fentry, hook.ts_ns, EndCause::Expired));
+                }
+            }
+            TwHookKind::Descheduled if self.sources.ends == Measured::Fentry => {
+                if let Some(entry) = self.entries.remove(&key) {
+                    self.descheduled.insert(key, (entry, hook.ts_ns));
+                }
+            }
+            _ => {}
+        }
+        self.settle(self.latest_ns, events);
+    }
+
+    /// Early ends that no new connection claimed within the grace period
+    /// were kills. `now_ns` is the monotonic clock, as events carry it.
+    pub fn settle(&mut self, now_ns: u64, events: &mut Vec<TwEvent>) {
+        if self.descheduled.is_empty() {
+            return;
+        }
+        let settled = self.descheduled.extract_if(|_, (_, at)| now_ns >= *at + REUSE_GRACE_NS);
+        for (key, (entry, at)) in settled {
+            events.push(entry.end(key, Measured::Fentry, at, EndCause::Killed));
+        }
     }
 
     /// The namespaces with connections being followed.
@@ -285,17 +507,26 @@ impl Tracker {
     }
 
     /// Applies a dump of `netns`'s timewait and FIN_WAIT2 sockets taken at
-    /// `now_ns`. Work and memory are in proportion to the dump: entries are
-    /// marked as the dump shows them, and the unmarked ones swept out.
+    /// `now_ns`, for what the hooks do not measure. Work and memory are in
+    /// proportion to the dump: entries are marked as the dump shows them,
+    /// and the unmarked ones swept out.
     pub fn on_dump(&mut self, netns: u32, now_ns: u64, socks: &[SockEntry], events: &mut Vec<TwEvent>) {
         self.dumps += 1;
         let dump = self.dumps;
+        let polled_substates = self.sources.substates == Measured::SockDiag;
         for sock in socks.iter().filter(|s| s.timewait) {
             let key = TwKey::of_sock(netns, sock);
             if let Some(entry) = self.entries.get_mut(&key) {
                 entry.seen_in = dump;
-                entry.update(key, now_ns, sock, events);
+                if polled_substates {
+                    entry.update(key, now_ns, sock, events);
+                } else {
+                    entry.expires_at_ns = now_ns + sock.expires.unwrap_or_default().as_nanos() as u64;
+                }
             }
+        }
+        if self.sources.ends == Measured::Fentry {
+            return;
         }
         for (key, entry) in self.entries.extract_if(|k, e| k.netns == netns && e.seen_in != dump) {
             let (at, cause) = match entry.substate {
@@ -305,7 +536,7 @@ impl Tracker {
                 }
                 Some(_) => (now_ns, EndCause::Killed),
             };
-            events.push(entry.end(key, at, cause));
+            events.push(entry.end(key, Measured::SockDiag, at, cause));
         }
     }
 
@@ -355,7 +586,7 @@ mod tests {
 
     #[test]
     fn orphan_fin_wait2_then_fin_then_expiry() {
-        let mut tr = Tracker::new(16);
+        let mut tr = Tracker::new(16, Sources::default());
         let t = handover(1_000 * MS);
         assert_eq!(tr.on_transition(&t), None);
         // 100 ms later: FIN_WAIT2 with tcp_fin_timeout (60 s) left.
@@ -370,6 +601,7 @@ mod tests {
             [TwEvent::FinArrived {
                 key: TwKey::of(&t),
                 owner: t.owner,
+                mode: Measured::SockDiag,
                 at_ns: 1_300 * MS,
                 fin_wait2_ns: 300 * MS + 30_000
             }]
@@ -385,7 +617,7 @@ mod tests {
 
     #[test]
     fn fin_between_polls_is_still_seen() {
-        let mut tr = Tracker::new(16);
+        let mut tr = Tracker::new(16, Sources::default());
         let t = handover(1_000 * MS);
         tr.on_transition(&t);
         // First sighting already TIME_WAIT, armed 300 ms after the handover.
@@ -398,7 +630,7 @@ mod tests {
 
     #[test]
     fn straight_to_time_wait() {
-        let mut tr = Tracker::new(16);
+        let mut tr = Tracker::new(16, Sources::default());
         let t = handover(1_000 * MS);
         tr.on_transition(&t);
         let ev = dump(&mut tr, 1_100 * MS, &[sock(&t, TcpState::TIME_WAIT, 59_900)]);
@@ -409,7 +641,7 @@ mod tests {
 
     #[test]
     fn orphan_fin_wait2_expires_at_fin_timeout() {
-        let mut tr = Tracker::new(16);
+        let mut tr = Tracker::new(16, Sources::default());
         let t = handover(1_000 * MS);
         tr.on_transition(&t);
         dump(&mut tr, 1_100 * MS, &[sock(&t, TcpState::FIN_WAIT2, 1_900)]);
@@ -422,7 +654,7 @@ mod tests {
 
     #[test]
     fn killed_reused_and_unobserved() {
-        let mut tr = Tracker::new(16);
+        let mut tr = Tracker::new(16, Sources::default());
         let t = handover(1_000 * MS);
         tr.on_transition(&t);
         dump(&mut tr, 1_100 * MS, &[sock(&t, TcpState::TIME_WAIT, 59_900)]);
@@ -453,9 +685,104 @@ mod tests {
         assert_eq!(tr.abandon(1), 1);
     }
 
+    const EXACT: Sources = Sources { substates: Measured::Fentry, ends: Measured::Fentry };
+
+    fn hook(t: &Transition, kind: TwHookKind, ts_ns: u64, substate: TcpState) -> TwHook {
+        TwHook { kind, key: TwKey::of(t), ts_ns, substate, timer_ns: Some(2_000 * MS) }
+    }
+
+    #[test]
+    fn exact_fin_wait2_fin_and_expiry() {
+        let mut tr = Tracker::new(16, EXACT);
+        assert!(!EXACT.needs_polling() && EXACT.describe() == "fentry");
+        let t = handover(1_000 * MS);
+        let mut ev = Vec::new();
+        // The schedule hook fires inside tcp_time_wait(), before the handover.
+        tr.on_hook(&hook(&t, TwHookKind::Scheduled, 1_000 * MS - 5_000, TcpState::FIN_WAIT2), &mut ev);
+        assert!(ev.is_empty());
+        let entered = tr.on_transition(&t).unwrap();
+        assert!(
+            matches!(entered, TwEvent::Entered { mode: Measured::Fentry, substate: TcpState::FIN_WAIT2, at_ns, expires_at_ns: Some(e), .. } if at_ns == 1_000 * MS && e == 3_000 * MS - 5_000),
+            "{entered:?}"
+        );
+        tr.on_hook(&hook(&t, TwHookKind::Rescheduled, 1_300 * MS, TcpState::TIME_WAIT), &mut ev);
+        assert!(
+            matches!(ev[..], [TwEvent::FinArrived { mode: Measured::Fentry, at_ns, fin_wait2_ns, .. }] if at_ns == 1_300 * MS && fin_wait2_ns == 300 * MS + 30_000),
+            "{ev:?}"
+        );
+        // A FIN retransmitted into TIME_WAIT restarts the timer: counted only.
+        ev.clear();
+        tr.on_hook(&hook(&t, TwHookKind::Rescheduled, 1_400 * MS, TcpState::TIME_WAIT), &mut ev);
+        assert!(ev.is_empty() && tr.rearmed == 1);
+        tr.on_hook(&hook(&t, TwHookKind::Expired, 61_400 * MS, TcpState::TIME_WAIT), &mut ev);
+        let TwEvent::Ended { cause, mode, time_wait_ns, .. } = ev[0] else { panic!("{ev:?}") };
+        assert_eq!((cause, mode, time_wait_ns), (EndCause::Expired, Measured::Fentry, Some(60_100 * MS)));
+        assert!(tr.is_empty());
+        // Dumps change nothing in exact mode.
+        tr.on_transition(&t);
+        assert!(dump(&mut tr, 90_000 * MS, &[]).is_empty());
+    }
+
+    #[test]
+    fn exact_early_end_is_a_reuse_or_a_kill() {
+        let mut tr = Tracker::new(16, EXACT);
+        let t = handover(1_000 * MS);
+        let mut ev = Vec::new();
+        tr.on_hook(&hook(&t, TwHookKind::Scheduled, 1_000 * MS, TcpState::TIME_WAIT), &mut ev);
+        assert!(matches!(tr.on_transition(&t), Some(TwEvent::Entered { substate: TcpState::TIME_WAIT, .. })));
+        tr.on_hook(&hook(&t, TwHookKind::Descheduled, 2_500 * MS, TcpState::TIME_WAIT), &mut ev);
+        assert!(ev.is_empty(), "waits to learn the cause");
+        // The new connection's handshake names it a reuse, timed by the hook.
+        let mut again = step(9, TcpState::SYN_SENT, TcpState::ESTABLISHED, None);
+        (again.ts_ns, again.in_old_state_ns, again.dport) = (2_501 * MS, Some(MS), t.dport);
+        let reused = tr.on_transition(&again).unwrap();
+        assert!(
+            matches!(reused, TwEvent::Ended { cause: EndCause::Reused, mode: Measured::Fentry, at_ns, .. } if at_ns == 2_500 * MS),
+            "{reused:?}"
+        );
+        // Nothing claims this one: a kill, once the grace period has passed.
+        tr.on_hook(&hook(&t, TwHookKind::Scheduled, 5_000 * MS, TcpState::TIME_WAIT), &mut ev);
+        tr.on_transition(&handover(5_000 * MS));
+        tr.on_hook(&hook(&t, TwHookKind::Descheduled, 6_000 * MS, TcpState::TIME_WAIT), &mut ev);
+        tr.settle(6_900 * MS, &mut ev);
+        assert!(ev.is_empty());
+        tr.settle(7_000 * MS, &mut ev);
+        assert!(
+            matches!(ev[..], [TwEvent::Ended { cause: EndCause::Killed, at_ns, .. }] if at_ns == 6_000 * MS),
+            "{ev:?}"
+        );
+        // A handover without a timewait socket (tcp_max_tw_buckets): unobserved at once.
+        let none = tr.on_transition(&handover(9_000 * MS)).unwrap();
+        assert!(
+            matches!(none, TwEvent::Ended { cause: EndCause::Unobserved, substate: None, .. }),
+            "{none:?}"
+        );
+    }
+
+    #[test]
+    fn exact_substates_with_polled_ends() {
+        let sources = Sources { substates: Measured::Fentry, ends: Measured::SockDiag };
+        assert!(sources.needs_polling());
+        assert_eq!(sources.describe(), "substates by fentry, ends by sock_diag");
+        let mut tr = Tracker::new(16, sources);
+        let t = handover(1_000 * MS);
+        let mut ev = Vec::new();
+        tr.on_hook(&hook(&t, TwHookKind::Scheduled, 1_000 * MS, TcpState::FIN_WAIT2), &mut ev);
+        tr.on_transition(&t).unwrap();
+        // The dump does not report the substate again, and the end hook is ignored.
+        assert!(dump(&mut tr, 1_100 * MS, &[sock(&t, TcpState::FIN_WAIT2, 1_900)]).is_empty());
+        tr.on_hook(&hook(&t, TwHookKind::Expired, 3_000 * MS, TcpState::FIN_WAIT2), &mut ev);
+        assert!(ev.is_empty());
+        let ev = dump(&mut tr, 3_050 * MS, &[]);
+        assert!(
+            matches!(ev[..], [TwEvent::Ended { cause: EndCause::Expired, mode: Measured::SockDiag, .. }]),
+            "{ev:?}"
+        );
+    }
+
     #[test]
     fn capacity_is_bounded() {
-        let mut tr = Tracker::new(1);
+        let mut tr = Tracker::new(1, Sources::default());
         let a = handover(MS);
         let mut b = handover(2 * MS);
         b.sport += 1;

@@ -195,7 +195,7 @@ pub struct Transition {
 }
 
 /// v4-mapped IPv6 addresses are shown as IPv4, as `ss` does.
-fn decode_addr(raw: [u8; 16]) -> IpAddr {
+pub(crate) fn decode_addr(raw: [u8; 16]) -> IpAddr {
     let v6 = Ipv6Addr::from(raw);
     match v6.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),

@@ -386,9 +386,10 @@ mod tests {
 
     use super::*;
     use crate::model::aggregate::tests::server_closes_first;
+    use crate::model::timewait::Sources;
 
     fn view(dropped: u64) -> View {
-        let mut agg = Aggregator::new(16, 64).following_timewait(true);
+        let mut agg = Aggregator::new(16, 64).following_timewait(Some(Sources::default()));
         for sk in 0..3 {
             server_closes_first(&mut agg, sk);
         }

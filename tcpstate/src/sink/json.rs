@@ -9,8 +9,8 @@ use std::{
 use bytes::BufMut as _;
 
 use super::{BatchWriter, Sink};
+use crate::model::timewait::TwEvent;
 use crate::model::{clock::Clock, transition::Transition};
-use crate::{model::timewait::TwEvent, source::timewait::MODE};
 
 /// Writes JSON Lines by hand: this is the per-event hot path, and serde's
 /// escaping of fixed ASCII keys and values cost a third of the tracer's CPU.
@@ -118,7 +118,7 @@ impl<W: Write> Sink for JsonSink<W> {
         let k = e.key();
         let (event, substate, cause, fin_wait2, time_wait, expires_at) = match e {
             TwEvent::Entered { substate, expires_at_ns, .. } => {
-                ("entered", Some(substate.name()), None, None, None, Some(*expires_at_ns))
+                ("entered", Some(substate.name()), None, None, None, *expires_at_ns)
             }
             TwEvent::FinArrived { fin_wait2_ns, .. } => {
                 ("fin_arrived", Some("TIME_WAIT"), None, Some(*fin_wait2_ns), None, None)
@@ -131,9 +131,10 @@ impl<W: Write> Sink for JsonSink<W> {
         let buf = out.buf();
         write!(
             buf,
-            "{{\"kind\":\"timewait\",\"event\":\"{event}\",\"mode\":\"{MODE}\",\"ts_ns\":{},\"time\":\"{date}.{micros:06}Z\",\
+            "{{\"kind\":\"timewait\",\"event\":\"{event}\",\"mode\":\"{}\",\"ts_ns\":{},\"time\":\"{date}.{micros:06}Z\",\
              \"netns\":{},\"family\":\"{family}\",\"saddr\":\"{}\",\"sport\":{},\"daddr\":\"{}\",\"dport\":{},\
              \"substate\":{},\"cause\":{},\"fin_wait2_ns\":{},\"time_wait_ns\":{},\"expires_at_ns\":{},\"pid\":{},\"comm\":",
+            e.mode().name(),
             e.at_ns(),
             k.netns,
             k.saddr,
@@ -160,6 +161,7 @@ impl<W: Write> Sink for JsonSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::timewait::Measured;
     use crate::model::transition::{TcpState, tests::raw_event};
 
     #[test]
@@ -203,15 +205,17 @@ mod tests {
         let key = TwKey { netns: 7, saddr: t.saddr, sport: t.sport, daddr: t.daddr, dport: t.dport };
         let mut sink = JsonSink::new(Vec::new(), Clock::with_offset(0));
         sink.timewait(&TwEvent::Entered {
+            mode: Measured::SockDiag,
             key,
             owner: t.owner,
             at_ns: 5,
             substate: TcpState::FIN_WAIT2,
-            expires_at_ns: 9,
+            expires_at_ns: Some(9),
             fin_wait2_ns: None,
         })
         .unwrap();
         sink.timewait(&TwEvent::Ended {
+            mode: Measured::SockDiag,
             key,
             owner: None,
             at_ns: 10,

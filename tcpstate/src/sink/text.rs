@@ -129,6 +129,7 @@ impl<W: Write> Sink for TextSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::timewait::Measured;
     use crate::model::transition::{Transition, tests::raw_event};
 
     #[test]
@@ -160,6 +161,7 @@ mod tests {
         let t = Transition::from_raw(&raw_event());
         let key = TwKey { netns: 1, saddr: t.saddr, sport: t.sport, daddr: t.daddr, dport: t.dport };
         let ended = TwEvent::Ended {
+            mode: Measured::SockDiag,
             key,
             owner: t.owner,
             at_ns: 61_000_000_000,
@@ -171,7 +173,13 @@ mod tests {
         let mut line = String::new();
         format_timewait_line(&mut line, &ended, &Clock::with_offset(0), address_width(true)).unwrap();
         assert!(line.contains("tw:TIME_WAIT -> (expired)     60000.000 timewait"), "{line}");
-        let fin = TwEvent::FinArrived { key, owner: None, at_ns: 0, fin_wait2_ns: 300_000_000 };
+        let fin = TwEvent::FinArrived {
+            key,
+            mode: Measured::SockDiag,
+            owner: None,
+            at_ns: 0,
+            fin_wait2_ns: 300_000_000,
+        };
         line.clear();
         format_timewait_line(&mut line, &fin, &Clock::with_offset(0), address_width(true)).unwrap();
         assert!(line.contains("      - -               "), "{line}");

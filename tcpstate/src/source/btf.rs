@@ -6,7 +6,7 @@
 //! builds every kernel type, which peaked at ~50 MiB of RSS at start.
 
 use anyhow::{Context as _, anyhow, bail};
-use tcpstate_ebpf::SockOffsets;
+use tcpstate_ebpf::{SockOffsets, TW_PROGRAMS, TwOffsets};
 
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 const BTF_MAGIC: u16 = 0xeb9f;
@@ -15,6 +15,7 @@ const TYPE_HEADER: usize = 12;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_TYPEDEF: u32 = 8;
+const KIND_FUNC: u32 = 12;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
@@ -143,19 +144,68 @@ impl<'a> Btf<'a> {
     }
 }
 
-/// Where a socket's network namespace inode lives, for the program.
-/// Looked up once per process: the kernel's BTF does not change under us.
-pub fn sock_offsets() -> anyhow::Result<SockOffsets> {
-    static CACHE: std::sync::OnceLock<Result<SockOffsets, String>> = std::sync::OnceLock::new();
-    CACHE.get_or_init(|| lookup().map_err(|e| format!("{e:#}"))).clone().map_err(|e| anyhow!(e))
+impl Btf<'_> {
+    fn has_func(&self, name: &str) -> bool {
+        (1..self.offsets.len() as u32)
+            .any(|id| matches!(self.header(id), Ok((KIND_FUNC, _, _, off, _)) if self.name(off) == name.as_bytes()))
+    }
 }
 
-fn lookup() -> anyhow::Result<SockOffsets> {
+/// What the program needs from the kernel's BTF, read in one pass.
+#[derive(Clone, Debug)]
+pub struct KernelBtf {
+    pub sock: SockOffsets,
+    /// For the exact timewait hooks; why not, if they cannot be used.
+    pub tw: Result<TwOffsets, String>,
+    /// Whether each `TW_PROGRAMS` function is in BTF (fentry needs it).
+    pub tw_functions: [bool; TW_PROGRAMS.len()],
+}
+
+/// Looked up once per process: the kernel's BTF does not change under us.
+pub fn kernel() -> anyhow::Result<&'static KernelBtf> {
+    static CACHE: std::sync::OnceLock<Result<KernelBtf, String>> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| lookup().map_err(|e| format!("{e:#}"))).as_ref().map_err(|e| anyhow!("{e}"))
+}
+
+/// Where a socket's network namespace inode lives, for the program.
+pub fn sock_offsets() -> anyhow::Result<SockOffsets> {
+    Ok(kernel()?.sock)
+}
+
+fn lookup() -> anyhow::Result<KernelBtf> {
     let data = std::fs::read(VMLINUX_BTF).with_context(|| format!("reading {VMLINUX_BTF}"))?;
     let btf = Btf::parse(&data)?;
-    Ok(SockOffsets {
+    let sock = SockOffsets {
         net: btf.offset_of("sock", "__sk_common.skc_net.net")?,
         net_inum: btf.offset_of("net", "ns.inum")?,
+    };
+    Ok(KernelBtf {
+        sock,
+        tw: tw_offsets(&btf, sock).map_err(|e| format!("{e:#}")),
+        tw_functions: TW_PROGRAMS.map(|(_, function)| btf.has_func(function)),
+    })
+}
+
+/// Where a timewait socket keeps its 4-tuple, substate and timer.
+fn tw_offsets(btf: &Btf<'_>, sock: SockOffsets) -> anyhow::Result<TwOffsets> {
+    let tw = |path: &str| btf.offset_of("inet_timewait_sock", path);
+    let common = |member: &str| tw(&format!("__tw_common.{member}"));
+    // The program reads a timewait socket's namespace with the socket's
+    // offset: that holds only if both start with their sock_common.
+    if common("skc_net.net")? != sock.net {
+        bail!("inet_timewait_sock and sock keep their namespace at different offsets");
+    }
+    Ok(TwOffsets {
+        daddr: common("skc_daddr")?,
+        rcv_saddr: common("skc_rcv_saddr")?,
+        dport: common("skc_dport")?,
+        num: common("skc_num")?,
+        family: common("skc_family")?,
+        v6_daddr: common("skc_v6_daddr")?,
+        v6_rcv_saddr: common("skc_v6_rcv_saddr")?,
+        substate: tw("tw_substate")?,
+        timer: tw("tw_timer")?,
+        _pad: 0,
     })
 }
 
@@ -200,6 +250,21 @@ mod tests {
         }
         let o = sock_offsets().unwrap();
         assert!(o.net > 0 && o.net_inum > 0, "{o:?}");
+        let kernel = kernel().unwrap();
+        let tw = kernel.tw.clone().unwrap();
+        for (path, got) in [
+            ("__tw_common.skc_daddr", tw.daddr),
+            ("__tw_common.skc_dport", tw.dport),
+            ("__tw_common.skc_num", tw.num),
+            ("__tw_common.skc_v6_rcv_saddr", tw.v6_rcv_saddr),
+            ("tw_timer", tw.timer),
+        ] {
+            let id = full.id_of("inet_timewait_sock").unwrap();
+            let (_, want) = full.offset_of(id, path).unwrap();
+            assert_eq!(btfparse::Offset::ByteOffset(u32::from(got)), want, "{path}");
+        }
+        assert!(ours.has_func("tcp_time_wait") && !ours.has_func("no_such_function_here"));
+        assert_eq!(kernel.tw_functions, [true; TW_PROGRAMS.len()], "this kernel has all the hooks");
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Sources: where transitions come from.
+//! Sources: where transitions and timewait sockets come from.
 
 pub mod btf;
+pub mod hooks;
 pub mod preflight;
 pub mod procnet;
 pub mod sockdiag;

@@ -1,5 +1,6 @@
-//! Polls sock_diag for the timewait sockets the tracker follows, in every
-//! network namespace they live in.
+//! Follows timewait sockets: hands the exact hooks' events to the tracker,
+//! and polls sock_diag, in every network namespace they live in, for what
+//! the hooks do not measure.
 
 use std::{
     collections::HashMap,
@@ -14,12 +15,10 @@ use netlink_packet_sock_diag::inet::StateFlags;
 use super::sockdiag::{Netns, SockDiag};
 use crate::model::{
     clock::Clock,
-    timewait::{Tracker, TwEvent},
+    timewait::{Sources, Tracker, TwEvent, TwHook},
     transition::{Family, Transition},
 };
 
-/// How timewait sockets are followed; always said in the output.
-pub const MODE: &str = "sock_diag";
 pub const DEFAULT_POLL: Duration = Duration::from_millis(200);
 /// Polls wait at least this many times as long as the last one took, so
 /// that following a large timewait population costs at most ~2 % of a CPU.
@@ -89,9 +88,9 @@ fn open_diag(
 }
 
 impl Follower {
-    pub fn new(interval: Duration, capacity: usize, ports: Vec<u16>) -> Self {
+    pub fn new(interval: Duration, capacity: usize, ports: Vec<u16>, sources: Sources) -> Self {
         Self {
-            tracker: Tracker::new(capacity),
+            tracker: Tracker::new(capacity, sources),
             diags: HashMap::new(),
             own_netns: inode(Path::new("/proc/self/ns/net")).unwrap_or(0),
             interval,
@@ -105,9 +104,16 @@ impl Follower {
         self.tracker.on_transition(t)
     }
 
-    /// Dumps the namespaces with followed connections, if a poll is due.
+    pub fn on_hook(&mut self, hook: &TwHook, events: &mut Vec<TwEvent>) {
+        self.tracker.on_hook(hook, events);
+    }
+
+    /// Settles early ends, and dumps the namespaces with followed
+    /// connections if the hooks leave anything to polling and a poll is due.
     pub fn poll_if_due(&mut self, events: &mut Vec<TwEvent>) -> anyhow::Result<()> {
-        if Instant::now() < self.next_poll || self.tracker.is_empty() {
+        self.tracker.settle(Clock::monotonic_now_ns(), events);
+        let polling = self.tracker.sources().needs_polling();
+        if !polling || Instant::now() < self.next_poll || self.tracker.is_empty() {
             return Ok(());
         }
         let started = Instant::now();

@@ -15,9 +15,13 @@ use aya::{
 use aya_log::EbpfLogger;
 use tcpstate_ebpf as abi;
 
-use super::{preflight, tracefs};
+use super::{
+    hooks::{self, Hooks},
+    preflight, tracefs,
+};
 use crate::model::{
     counters::KernelCounters,
+    timewait::TwHook,
     transition::{Comm, Family, TcpState, Transition},
 };
 
@@ -73,6 +77,8 @@ pub struct TracerOptions {
     pub ring_bytes: u32,
     /// Capacity of the kernel's socket table (an LRU hash).
     pub max_sockets: u32,
+    /// Try the exact timewait hooks (fentry), where the kernel allows them.
+    pub timewait_hooks: bool,
 }
 
 impl TracerOptions {
@@ -93,6 +99,7 @@ impl Default for TracerOptions {
             filters: Filters::default(),
             ring_bytes: Self::DEFAULT_RING_BYTES,
             max_sockets: Self::DEFAULT_MAX_SOCKETS,
+            timewait_hooks: false,
         }
     }
 }
@@ -100,12 +107,21 @@ impl Default for TracerOptions {
 /// How often the reader drains the ring buffer without being woken.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// One ring-buffer record, decoded.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    Transition(Transition),
+    /// An exact timewait hook fired.
+    Timewait(TwHook),
+}
+
 pub struct Tracer {
     // Field order is drop order: the ring and logger go before the Ebpf,
-    // whose drop detaches the program.
+    // whose drop detaches the programs.
     ring: RingBuf<MapData>,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
     ebpf: Ebpf,
+    hooks: Hooks,
     received: u64,
     malformed: u64,
 }
@@ -120,14 +136,11 @@ impl Tracer {
         let offsets = tracefs::read_offsets(&tracefs)?;
         // Each socket's network namespace, for following timewait sockets
         // in the right one; without BTF, sockets count as this namespace's.
-        let sock = super::btf::sock_offsets().unwrap_or_else(|e| {
-            log::info!("socket namespaces unknown: {e:#}");
-            abi::SockOffsets::default()
-        });
+        let kernel = super::btf::kernel().map_err(|e| log::info!("socket namespaces unknown: {e:#}")).ok();
         let config = abi::Config {
             wakeup_bytes: opts.wakeup_bytes(),
-            sock,
-            _pad: [0; 4],
+            sock: kernel.map(|k| k.sock).unwrap_or_default(),
+            tw: kernel.and_then(|k| k.tw.clone().ok()).unwrap_or_default(),
             offsets,
             family: match opts.filters.family {
                 None => abi::FAMILY_ANY,
@@ -155,13 +168,24 @@ impl Tracer {
         // After load (which needs the maps' fds) and before attach, so that
         // no event is seen unfiltered.
         fill_filter_maps(&mut ebpf, &opts.filters)?;
+        // The hooks first: a handover must never reach userspace before
+        // the hook that made its timewait socket.
+        let hooks = if opts.timewait_hooks { hooks::attach(&mut ebpf, kernel) } else { Hooks::default() };
+        for failure in hooks.failures() {
+            log::info!("exact timewait hook not attached: {failure}");
+        }
         program(&mut ebpf)?
             .attach(tracefs::TRACEPOINT_CATEGORY, tracefs::TRACEPOINT_NAME)
             .context("attaching to sock:inet_sock_set_state")?;
         let ring = RingBuf::try_from(
             ebpf.take_map(abi::MAP_EVENTS).ok_or_else(|| anyhow!("map {} missing", abi::MAP_EVENTS))?,
         )?;
-        Ok(Self { ring, logger, ebpf, received: 0, malformed: 0 })
+        Ok(Self { ring, logger, ebpf, hooks, received: 0, malformed: 0 })
+    }
+
+    /// The exact timewait hooks, as attached at start.
+    pub fn hooks(&self) -> &Hooks {
+        &self.hooks
     }
 
     /// The ring buffer's fd, to wait on for readiness.
@@ -169,23 +193,35 @@ impl Tracer {
         self.ring.as_raw_fd()
     }
 
-    /// Hands every waiting transition to `on`, stopping at its first error.
-    pub fn drain<E>(&mut self, mut on: impl FnMut(Transition) -> Result<(), E>) -> Result<u64, E> {
+    /// Hands every waiting record to `on`, in the kernel's order, stopping
+    /// at its first error.
+    pub fn drain<E>(&mut self, mut on: impl FnMut(Record) -> Result<(), E>) -> Result<u64, E> {
         if let Some(logger) = &mut self.logger {
             logger.flush();
         }
         let mut n = 0;
         while let Some(item) = self.ring.next() {
-            let decoded = Transition::decode(&item);
+            let decoded = decode(&self.hooks, &item);
             drop(item);
             n += 1;
             self.received += 1;
             match decoded {
-                Some(t) => on(t)?,
+                Some(record) => on(record)?,
                 None => self.malformed += 1,
             }
         }
         Ok(n)
+    }
+
+    /// Like [`Tracer::drain`], for the transitions only.
+    pub fn drain_transitions<E>(
+        &mut self,
+        mut on: impl FnMut(Transition) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        self.drain(|r| match r {
+            Record::Transition(t) => on(t),
+            Record::Timewait(_) => Ok(()),
+        })
     }
 
     /// Sockets in the kernel's socket table now.
@@ -224,6 +260,17 @@ impl Tracer {
     }
 }
 
+/// Decodes a ring record: the two record types have different sizes.
+fn decode(hooks: &Hooks, bytes: &[u8]) -> Option<Record> {
+    if bytes.len() == size_of::<abi::TwHookEvent>() {
+        // SAFETY: the length matches and TwHookEvent is plain integers,
+        // valid for any bit pattern; read_unaligned copes with alignment.
+        let raw = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<abi::TwHookEvent>()) };
+        return TwHook::from_raw(&raw, hooks.jiffies_ns(raw.timeo)).map(Record::Timewait);
+    }
+    Transition::decode(bytes).map(Record::Transition)
+}
+
 /// Attaches only the empty program: what any program on this tracepoint
 /// costs. For the benchmark; detached when the returned object drops.
 pub fn attach_noop() -> anyhow::Result<Ebpf> {
@@ -251,17 +298,20 @@ fn program(ebpf: &mut Ebpf) -> anyhow::Result<&mut TracePoint> {
 }
 
 fn fill_filter_maps(ebpf: &mut Ebpf, filters: &Filters) -> anyhow::Result<()> {
-    // The program holds its own references, so userspace can let these go.
-    let mut map = |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing"));
-    let mut ports: HashMap<MapData, u16, u8> = HashMap::try_from(map(abi::MAP_PORTS)?)?;
+    // Borrowed, not taken: the timewait hooks load later and need the maps'
+    // fds still open.
+    fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
+        ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing"))
+    }
+    let mut ports: HashMap<_, u16, u8> = HashMap::try_from(map(ebpf, abi::MAP_PORTS)?)?;
     for (port, roles) in filters.port_roles() {
         ports.insert(port, roles, 0)?;
     }
-    let mut pids: HashMap<MapData, u32, u8> = HashMap::try_from(map(abi::MAP_PIDS)?)?;
+    let mut pids: HashMap<_, u32, u8> = HashMap::try_from(map(ebpf, abi::MAP_PIDS)?)?;
     for &pid in &filters.pids {
         pids.insert(pid, 1, 0)?;
     }
-    let mut comms: HashMap<MapData, [u8; 16], u8> = HashMap::try_from(map(abi::MAP_COMMS)?)?;
+    let mut comms: HashMap<_, [u8; 16], u8> = HashMap::try_from(map(ebpf, abi::MAP_COMMS)?)?;
     for comm in &filters.comms {
         comms.insert(Comm::from(comm.as_str()).raw(), 1, 0)?;
     }
