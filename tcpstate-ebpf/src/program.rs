@@ -98,6 +98,16 @@ fn is_v4_mapped(addr: &[u8; 16]) -> bool {
     addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff
 }
 
+/// The `-4`/`-6` filter; a v4-mapped IPv6 socket counts as IPv4.
+#[inline(always)]
+fn family_selected(wanted: u8, family: u16, daddr: &[u8; 16]) -> bool {
+    if wanted == FAMILY_ANY {
+        return true;
+    }
+    let is_v4 = family == AF_INET || is_v4_mapped(daddr);
+    (wanted == FAMILY_IPV4) == is_v4
+}
+
 #[inline(always)]
 fn handle(ctx: &TracePointContext) -> Result<(), i32> {
     let cfg = CONFIG.load();
@@ -113,11 +123,8 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let family = record.get::<u16>(off.family);
     let daddr = record.get::<[u8; 16]>(off.daddr_v6);
-    if cfg.family != FAMILY_ANY {
-        let is_v4 = family == AF_INET || is_v4_mapped(&daddr);
-        if (cfg.family == FAMILY_IPV4) != is_v4 {
-            return Ok(());
-        }
+    if !family_selected(cfg.family, family, &daddr) {
+        return Ok(());
     }
     let skaddr = record.get::<u64>(off.skaddr);
     let old = record.get::<i32>(off.oldstate) as u8;
@@ -270,8 +277,12 @@ fn report_timewait(tw: u64, hook: u8, timeo: u32) {
     let cfg = CONFIG.load();
     let off = cfg.tw;
     let family: u16 = read(tw + u64::from(off.family));
-    let is_v4 = family == AF_INET;
-    if (cfg.family == FAMILY_IPV4 && !is_v4) || (cfg.family == FAMILY_IPV6 && is_v4) {
+    let (saddr, daddr) = if family == AF_INET {
+        (v4_mapped(read(tw + u64::from(off.rcv_saddr))), v4_mapped(read(tw + u64::from(off.daddr))))
+    } else {
+        (read(tw + u64::from(off.v6_rcv_saddr)), read(tw + u64::from(off.v6_daddr)))
+    };
+    if !family_selected(cfg.family, family, &daddr) {
         return;
     }
     let sport: u16 = read(tw + u64::from(off.num));
@@ -284,11 +295,6 @@ fn report_timewait(tw: u64, hook: u8, timeo: u32) {
             return;
         }
     }
-    let (saddr, daddr) = if is_v4 {
-        (v4_mapped(read(tw + u64::from(off.rcv_saddr))), v4_mapped(read(tw + u64::from(off.daddr))))
-    } else {
-        (read(tw + u64::from(off.v6_rcv_saddr)), read(tw + u64::from(off.v6_daddr)))
-    };
     let Some(mut entry) = EVENTS.reserve::<TwHookEvent>(0) else {
         bump(&COUNTERS, COUNTER_RINGBUF_FULL);
         return;
