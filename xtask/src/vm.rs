@@ -51,11 +51,10 @@ const VM_TESTS: [(&str, &[&str]); 4] =
 
 /// Installs QEMU and a static busybox, and fetches the kernel (idempotent).
 pub fn setup() -> anyhow::Result<()> {
-    let missing: Vec<&str> = [("qemu-system-x86", QEMU), ("busybox-static", BUSYBOX)]
-        .into_iter()
-        .filter(|(_, path)| which(path).is_none())
-        .map(|(package, _)| package)
-        .collect();
+    // By package, not by path: Debian's other busybox is dynamically linked
+    // and would not run in the initramfs.
+    let missing: Vec<&str> =
+        ["qemu-system-x86", "busybox-static"].into_iter().filter(|p| !package_installed(p)).collect();
     if missing.is_empty() {
         println!("setup: qemu-system-x86 and busybox-static are installed");
     } else {
@@ -64,6 +63,11 @@ pub fn setup() -> anyhow::Result<()> {
     kernel_files(&DEBIAN_6_1)?;
     println!("setup: kernel {} is cached in {CACHE_DIR}", DEBIAN_6_1.release);
     Ok(())
+}
+
+fn package_installed(package: &str) -> bool {
+    capture(Command::new("dpkg-query").args(["-W", "-f", "${Status}", package]))
+        .is_ok_and(|status| status.ends_with("install ok installed"))
 }
 
 fn which(program: &str) -> Option<PathBuf> {
