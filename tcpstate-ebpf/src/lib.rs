@@ -128,6 +128,105 @@ pub fn is_accepted_child(old: u8, new: u8) -> bool {
     old == TCP_LISTEN && new == TCP_SYN_RECV
 }
 
+/// Whether `old → new` (with the close side after it) hands the connection
+/// over to a timewait socket: the active or simultaneous closer's full
+/// socket closing from a FIN state (kernel-notes §4).
+#[inline(always)]
+pub fn hands_over_to_timewait(old: u8, new: u8, close: u8) -> bool {
+    new == TCP_CLOSE
+        && matches!(old, TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSING)
+        && matches!(close, CLOSE_ACTIVE | CLOSE_SIMULTANEOUS)
+}
+
+// ---------------------------------------------------------------------------
+// Summary mode (`stats`, `top`): aggregate in the kernel, stream little
+// ---------------------------------------------------------------------------
+
+/// `Config::stream` bits. Zero streams every transition (`trace`).
+/// Keep time-in-state histograms and per-state gauges in the kernel, and
+/// stream only transitions to CLOSE (closes and timewait handovers).
+pub const STREAM_SUMMARY: u8 = 1;
+/// Also stream the two transitions that can take over a timewait socket's
+/// 4-tuple (SYN_SENT → ESTABLISHED, LISTEN → SYN_RECV).
+pub const STREAM_REUSE_MARKERS: u8 = 2;
+/// Leave a handover's FIN_WAIT2 time out of the histogram: userspace
+/// records it whole once the timewait socket's FIN_WAIT2 phase ends.
+pub const STREAM_DEFER_HANDOVER: u8 = 4;
+
+/// Whether a transition goes through the ring buffer under `stream`.
+#[inline(always)]
+pub fn streamed(stream: u8, old: u8, new: u8) -> bool {
+    stream & STREAM_SUMMARY == 0
+        || new == TCP_CLOSE
+        || (stream & STREAM_REUSE_MARKERS != 0
+            && matches!((old, new), (TCP_SYN_SENT, TCP_ESTABLISHED) | (TCP_LISTEN, TCP_SYN_RECV)))
+}
+
+/// Log-linear histogram of nanoseconds: 2^HIST_SUB_BITS buckets per power
+/// of two, from 2^HIST_MIN_EXP (~1 µs; less counts there) to 2^HIST_MAX_EXP
+/// (~73 min; more counts there). A bucket spans 1/8 of its power of two, so
+/// a value read back as its bucket's midpoint is within ±6.25 %.
+pub const HIST_SUB_BITS: u32 = 3;
+pub const HIST_MIN_EXP: u32 = 10;
+pub const HIST_MAX_EXP: u32 = 42;
+pub const HIST_BUCKETS: usize = ((HIST_MAX_EXP - HIST_MIN_EXP + 1) << HIST_SUB_BITS) as usize;
+
+/// The bucket `ns` falls in. No loops, so the verifier takes it as is.
+#[inline(always)]
+pub fn hist_bucket(ns: u64) -> usize {
+    if ns < 1 << HIST_MIN_EXP {
+        return 0;
+    }
+    if ns >= 1 << (HIST_MAX_EXP + 1) {
+        return HIST_BUCKETS - 1;
+    }
+    // floor(log2(ns)) by halving.
+    let (mut x, mut exp) = (ns, 0u32);
+    if x >= 1 << 32 {
+        x >>= 32;
+        exp += 32;
+    }
+    if x >= 1 << 16 {
+        x >>= 16;
+        exp += 16;
+    }
+    if x >= 1 << 8 {
+        x >>= 8;
+        exp += 8;
+    }
+    if x >= 1 << 4 {
+        x >>= 4;
+        exp += 4;
+    }
+    if x >= 1 << 2 {
+        x >>= 2;
+        exp += 2;
+    }
+    if x >= 1 << 1 {
+        exp += 1;
+    }
+    let sub = (ns >> (exp - HIST_SUB_BITS)) as usize & ((1 << HIST_SUB_BITS) - 1);
+    (((exp - HIST_MIN_EXP) as usize) << HIST_SUB_BITS) + sub
+}
+
+/// The midpoint of bucket `bucket`, what it reads back as.
+pub fn hist_bucket_ns(bucket: usize) -> u64 {
+    let exp = HIST_MIN_EXP + (bucket >> HIST_SUB_BITS) as u32;
+    let sub = (bucket & ((1 << HIST_SUB_BITS) - 1)) as u64;
+    let width = 1u64 << (exp - HIST_SUB_BITS);
+    (1u64 << exp) + sub * width + width / 2
+}
+
+/// Time spent in one state, per CPU: the `STATE_TIME` map's value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateTime {
+    pub buckets: [u64; HIST_BUCKETS],
+    /// Exact extremes; `min` is 0 until something was recorded.
+    pub min_ns: u64,
+    pub max_ns: u64,
+}
+
 // ---------------------------------------------------------------------------
 // Types shared with the eBPF program
 // ---------------------------------------------------------------------------
@@ -288,6 +387,9 @@ pub struct Config {
     pub filters: u8,
     pub sock: SockOffsets,
     pub tw: TwOffsets,
+    /// `STREAM_*` bits.
+    pub stream: u8,
+    pub _pad: [u8; 7],
 }
 
 // ---------------------------------------------------------------------------
@@ -370,6 +472,8 @@ impl Config {
                 timer: 0,
                 _pad: 0,
             },
+            stream: 0,
+            _pad: [0; 7],
         }
     }
 }
@@ -383,6 +487,8 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_PORTS: &str = "PORTS";
 pub const MAP_PIDS: &str = "PIDS";
 pub const MAP_COMMS: &str = "COMMS";
+pub const MAP_STATE_TIME: &str = "STATE_TIME";
+pub const MAP_GAUGES: &str = "GAUGES";
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 pub const PROGRAM_NAME: &str = "inet_sock_set_state";
 /// An empty program on the same tracepoint, for the benchmark's floor.
@@ -410,6 +516,7 @@ mod user {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::SockRecord {}
     unsafe impl aya::Pod for super::Owner {}
+    unsafe impl aya::Pod for super::StateTime {}
 }
 
 #[cfg(test)]
@@ -483,12 +590,49 @@ mod tests {
     }
 
     #[test]
+    fn histogram_buckets() {
+        assert_eq!(HIST_BUCKETS, 264);
+        assert_eq!(hist_bucket(0), 0);
+        assert_eq!(hist_bucket(1023), 0);
+        assert_eq!(hist_bucket(1024), 0);
+        assert_eq!(hist_bucket(1024 + 128), 1);
+        assert_eq!(hist_bucket(2048), 8);
+        assert_eq!(hist_bucket(u64::MAX), HIST_BUCKETS - 1);
+        // Every value reads back within 6.25 % of itself, across the range.
+        let mut ns = 1500u64;
+        while ns < 1 << HIST_MAX_EXP {
+            let back = hist_bucket_ns(hist_bucket(ns));
+            let err = back.abs_diff(ns) as f64 / ns as f64;
+            assert!(err <= 0.0625, "{ns} reads back as {back}");
+            ns = ns * 21 / 19;
+        }
+        // Buckets are in order.
+        assert!((1..HIST_BUCKETS).all(|b| hist_bucket_ns(b) > hist_bucket_ns(b - 1)));
+        assert_eq!(hist_bucket(hist_bucket_ns(100)), 100);
+    }
+
+    #[test]
+    fn summary_streams_closes_and_reuse_markers() {
+        assert!(streamed(0, TCP_ESTABLISHED, TCP_FIN_WAIT1));
+        let summary = STREAM_SUMMARY;
+        assert!(!streamed(summary, TCP_ESTABLISHED, TCP_FIN_WAIT1));
+        assert!(streamed(summary, TCP_FIN_WAIT2, TCP_CLOSE));
+        assert!(!streamed(summary, TCP_SYN_SENT, TCP_ESTABLISHED));
+        assert!(streamed(summary | STREAM_REUSE_MARKERS, TCP_SYN_SENT, TCP_ESTABLISHED));
+        assert!(streamed(summary | STREAM_REUSE_MARKERS, TCP_LISTEN, TCP_SYN_RECV));
+        assert!(hands_over_to_timewait(TCP_FIN_WAIT2, TCP_CLOSE, CLOSE_ACTIVE));
+        assert!(hands_over_to_timewait(TCP_CLOSING, TCP_CLOSE, CLOSE_SIMULTANEOUS));
+        assert!(!hands_over_to_timewait(TCP_LAST_ACK, TCP_CLOSE, CLOSE_PASSIVE));
+        assert!(!hands_over_to_timewait(TCP_FIN_WAIT1, TCP_CLOSE, CLOSE_RESET));
+    }
+
+    #[test]
     fn abi_sizes_are_fixed() {
         assert_eq!(core::mem::size_of::<Event>(), 104);
         assert_eq!(core::mem::size_of::<SockRecord>(), 48);
         assert_eq!(core::mem::size_of::<Owner>(), 24);
         assert_eq!(core::mem::size_of::<RecordOffsets>(), 22);
-        assert_eq!(core::mem::size_of::<Config>(), 56);
+        assert_eq!(core::mem::size_of::<Config>(), 64);
         assert_eq!(core::mem::size_of::<TwHookEvent>(), 72);
         // The reader tells ring records apart by size.
         assert_ne!(core::mem::size_of::<TwHookEvent>(), core::mem::size_of::<Event>());

@@ -42,6 +42,13 @@ static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
 static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 static COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(64, 0);
+/// Summary mode: time spent in each state, by the state left.
+#[map]
+static STATE_TIME: PerCpuArray<StateTime> = PerCpuArray::with_max_entries(TCP_STATE_COUNT as u32, 0);
+/// Summary mode: sockets in each state now, as per-CPU deltas (wrapping;
+/// userspace sums them).
+#[map]
+static GAUGES: PerCpuArray<u64> = PerCpuArray::with_max_entries(TCP_STATE_COUNT as u32, 0);
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -195,6 +202,12 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     bump(&TRANSITIONS, transition_index(old, new));
+    if cfg.stream & STREAM_SUMMARY != 0 {
+        summarize(cfg.stream, old, new, known.is_some(), in_old_state_ns, rec.close);
+        if !streamed(cfg.stream, old, new) {
+            return Ok(());
+        }
+    }
 
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         bump(&COUNTERS, COUNTER_RINGBUF_FULL);
@@ -321,6 +334,42 @@ fn report_timewait(tw: u64, hook: u8, timeo: u32) {
 #[inline(always)]
 fn v4_mapped(addr: [u8; 4]) -> [u8; 16] {
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]]
+}
+
+/// Summary mode: the time in `old` into its histogram, and the gauges.
+#[inline(always)]
+fn summarize(stream: u8, old: u8, new: u8, known: bool, in_old_state_ns: u64, close: u8) {
+    let deferred = stream & STREAM_DEFER_HANDOVER != 0
+        && old == TCP_FIN_WAIT2
+        && hands_over_to_timewait(old, new, close);
+    if known
+        && in_old_state_ns != DURATION_UNKNOWN
+        && !deferred
+        && let Some(time) = STATE_TIME.get_ptr_mut(u32::from(old))
+    {
+        // SAFETY: a per-CPU slot; the program cannot nest on one CPU.
+        let time = unsafe { &mut *time };
+        if let Some(bucket) = time.buckets.get_mut(hist_bucket(in_old_state_ns)) {
+            *bucket += 1;
+        }
+        let ns = in_old_state_ns.max(1);
+        if time.min_ns == 0 || ns < time.min_ns {
+            time.min_ns = ns;
+        }
+        if ns > time.max_ns {
+            time.max_ns = ns;
+        }
+    }
+    if known && let Some(gauge) = GAUGES.get_ptr_mut(u32::from(old)) {
+        // SAFETY: as above.
+        unsafe { *gauge = (*gauge).wrapping_sub(1) };
+    }
+    if new != TCP_CLOSE
+        && let Some(gauge) = GAUGES.get_ptr_mut(u32::from(new))
+    {
+        // SAFETY: as above.
+        unsafe { *gauge = (*gauge).wrapping_add(1) };
+    }
 }
 
 /// The inode of the socket's network namespace, read once per socket

@@ -199,7 +199,17 @@ impl SessionArgs {
             ring_bytes: self.ring_size,
             max_sockets: self.max_sockets,
             timewait_hooks: !self.no_timewait && self.tw_mode == TimewaitMode::Auto,
+            stream: 0,
         }
+    }
+
+    /// For `stats` and `top`: aggregate time in state and the state gauges
+    /// in the kernel, and stream only what is counted one by one (closes,
+    /// and what the timewait follower needs).
+    pub fn summary_tracer_options(&self, filters: Filters) -> TracerOptions {
+        use tcpstate_ebpf::{STREAM_DEFER_HANDOVER, STREAM_REUSE_MARKERS, STREAM_SUMMARY};
+        let following = if self.no_timewait { 0 } else { STREAM_REUSE_MARKERS | STREAM_DEFER_HANDOVER };
+        TracerOptions { stream: STREAM_SUMMARY | following, ..self.tracer_options(filters) }
     }
 
     /// The timewait follower, unless turned off. With port filters, its

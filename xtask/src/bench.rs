@@ -81,6 +81,9 @@ impl Mode {
 struct Run {
     connections: u64,
     seconds: f64,
+    /// Transitions the kernel counted (all of them pass the port filter).
+    transitions: Option<u64>,
+    /// Records that went through the ring buffer to the tracer.
     events: Option<u64>,
     dropped: Option<u64>,
     cpu_s: Option<f64>,
@@ -145,8 +148,9 @@ fn tv_secs(tv: libc::timeval) -> f64 {
     tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6
 }
 
-/// Pulls events received and dropped out of what the tracer printed.
-fn parse_losses(mode: Mode, stdout: &str, stderr: &str) -> (Option<u64>, Option<u64>) {
+/// Pulls transitions counted, events received and events dropped out of
+/// what the tracer printed.
+fn parse_counts(mode: Mode, stdout: &str, stderr: &str) -> (Option<u64>, Option<u64>, Option<u64>) {
     if mode == Mode::TraceJson {
         let line = stderr.lines().find(|l| l.starts_with("events received")).unwrap_or("");
         let num = |key: &str| {
@@ -154,11 +158,13 @@ fn parse_losses(mode: Mode, stdout: &str, stderr: &str) -> (Option<u64>, Option<
                 .nth(1)
                 .and_then(|rest| rest.trim().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
         };
-        return (num("events received"), num("dropped (ring buffer full)"));
+        let total = stderr.lines().find_map(|l| l.strip_prefix("total")).and_then(|n| n.trim().parse().ok());
+        return (total, num("events received"), num("dropped (ring buffer full)"));
     }
     let last = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or("{}");
     let v: serde_json::Value = serde_json::from_str(last).unwrap_or_default();
-    (v["losses"]["events_received"].as_u64(), v["losses"]["events_dropped"].as_u64())
+    let total = v["transitions"].as_array().map(|t| t.iter().filter_map(|t| t["count"].as_u64()).sum());
+    (total, v["losses"]["events_received"].as_u64(), v["losses"]["events_dropped"].as_u64())
 }
 
 fn traced(
@@ -195,10 +201,11 @@ fn traced(
     let mut err_text = String::new();
     stderr.read_to_string(&mut err_text)?;
     let out_text = reader.map(|r| r.join().unwrap_or_default()).unwrap_or_default();
-    let (events, dropped) = parse_losses(mode, &out_text, &err_text);
+    let (transitions, events, dropped) = parse_counts(mode, &out_text, &err_text);
     Ok(Run {
         connections,
         seconds,
+        transitions,
         events,
         dropped,
         cpu_s: Some(tv_secs(usage.ru_utime) + tv_secs(usage.ru_stime)),
@@ -374,11 +381,24 @@ fn measure(tcpstate: &Path, churn_bin: &Path, opts: &Options) -> anyhow::Result<
     let per_run_ns = program_ns_per_run(tcpstate, churn_bin, opts)?;
 
     let rate = |i: usize| median(runs[i].iter().map(Run::rate).collect());
-    let (untraced, floor) = (rate(0), rate(1));
+    // Each repetition's runs follow one another: compare within it, then
+    // take the median, which drift between repetitions does not move.
+    let ratio = |i: usize, base: usize| {
+        median(runs[i].iter().zip(&runs[base]).map(|(run, base)| run.rate() / base.rate()).collect())
+    };
     let mut rows = Vec::new();
     println!(
-        "\n{:<26} {:>9} {:>8} {:>8} {:>11} {:>8} {:>11} {:>9} {:>9}",
-        "MODE", "CONN/S", "VS NONE", "VS NOOP", "EVENTS/S", "DROPPED", "CPU µs/EV", "RSS MiB", "MAPS MiB"
+        "\n{:<26} {:>9} {:>8} {:>8} {:>12} {:>11} {:>8} {:>11} {:>9} {:>9}",
+        "MODE",
+        "CONN/S",
+        "VS NONE",
+        "VS NOOP",
+        "TRANSIT./S",
+        "STREAMED/S",
+        "DROPPED",
+        "CPU µs/TR",
+        "RSS MiB",
+        "MAPS MiB"
     );
     for (i, mode) in Mode::ALL.into_iter().enumerate() {
         let r = &runs[i];
@@ -386,18 +406,20 @@ fn measure(tcpstate: &Path, churn_bin: &Path, opts: &Options) -> anyhow::Result<
             let v: Vec<f64> = r.iter().filter_map(f).collect();
             (!v.is_empty()).then(|| median(v))
         };
+        let transitions_per_s = opt_median(&|x| x.transitions.map(|e| e as f64 / x.seconds));
         let events_per_s = opt_median(&|x| x.events.map(|e| e as f64 / x.seconds));
         let dropped = r.iter().filter_map(|x| x.dropped).max();
-        let cpu_us = opt_median(&|x| Some(x.cpu_s? * 1e6 / x.events? as f64));
+        let cpu_us = opt_median(&|x| Some(x.cpu_s? * 1e6 / x.transitions? as f64));
         let rss = opt_median(&|x| x.peak_rss_kib.map(|k| k as f64 / 1024.0));
         let maps = opt_median(&|x| x.map_bytes.map(|b| b as f64 / (1 << 20) as f64));
         let fmt = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |v| format!("{v:.prec$}"));
         println!(
-            "{:<26} {:>9.0} {:>8.3} {:>8.3} {:>11} {:>8} {:>11} {:>9} {:>9}",
+            "{:<26} {:>9.0} {:>8.3} {:>8.3} {:>12} {:>11} {:>8} {:>11} {:>9} {:>9}",
             mode.name(),
             rate(i),
-            rate(i) / untraced,
-            rate(i) / floor,
+            ratio(i, 0),
+            ratio(i, 1),
+            fmt(transitions_per_s, 0),
             fmt(events_per_s, 0),
             dropped.map_or("-".into(), |d| d.to_string()),
             fmt(cpu_us, 3),
@@ -407,14 +429,15 @@ fn measure(tcpstate: &Path, churn_bin: &Path, opts: &Options) -> anyhow::Result<
         rows.push(serde_json::json!({
             "mode": mode.name(),
             "connections_per_s": rate(i),
-            "vs_untraced": rate(i) / untraced,
-            "vs_noop_program": rate(i) / floor,
+            "vs_untraced": ratio(i, 0),
+            "vs_noop_program": ratio(i, 1),
+            "transitions_per_s": transitions_per_s,
             "events_per_s": events_per_s,
             "events_dropped_max": dropped,
-            "tracer_cpu_us_per_event": cpu_us,
+            "tracer_cpu_us_per_transition": cpu_us,
             "tracer_peak_rss_mib": rss,
             "kernel_map_mib": maps,
-            "runs": r.iter().map(|x| serde_json::json!({"connections": x.connections, "seconds": x.seconds, "events": x.events, "dropped": x.dropped, "cpu_s": x.cpu_s})).collect::<Vec<_>>(),
+            "runs": r.iter().map(|x| serde_json::json!({"connections": x.connections, "seconds": x.seconds, "transitions": x.transitions, "events": x.events, "dropped": x.dropped, "cpu_s": x.cpu_s})).collect::<Vec<_>>(),
         }));
     }
     if let Some(ns) = per_run_ns {

@@ -11,12 +11,14 @@ use crate::{
 };
 
 fn aggregator(follows_timewait: Option<Sources>) -> Aggregator {
-    Aggregator::new(DEFAULT_TABLE_CAP, DEFAULT_SOCKET_CAP).following_timewait(follows_timewait)
+    Aggregator::new(DEFAULT_TABLE_CAP, DEFAULT_SOCKET_CAP)
+        .following_timewait(follows_timewait)
+        .summarized_in_kernel(true)
 }
 
 pub async fn stats(args: StatsArgs, out: Output<'_>) -> anyhow::Result<()> {
     let filters = args.filters.to_filters();
-    let mut tracer = Tracer::start(&args.session.tracer_options(filters.clone()))?;
+    let mut tracer = Tracer::start(&args.session.summary_tracer_options(filters.clone()))?;
     let mut follower = args.session.follower(&filters, tracer.hooks());
     let mut sink = Aggregating {
         aggregator: aggregator(follower.as_ref().map(|f| f.tracker.sources())),
@@ -32,7 +34,7 @@ pub async fn stats(args: StatsArgs, out: Output<'_>) -> anyhow::Result<()> {
 pub async fn top(top: TopArgs, out: Output<'_>) -> anyhow::Result<()> {
     let (args, interval) = (top.stats, top.interval);
     let filters = args.filters.to_filters();
-    let mut tracer = Tracer::start(&args.session.tracer_options(filters.clone()))?;
+    let mut tracer = Tracer::start(&args.session.summary_tracer_options(filters.clone()))?;
     let mut follower = args.session.follower(&filters, tracer.hooks());
     let agg = aggregator(follower.as_ref().map(|f| f.tracker.sources()));
     if out.is_terminal && !args.report.json {

@@ -23,7 +23,7 @@ pub const DEFAULT_TABLE_CAP: usize = 4096;
 pub const DEFAULT_SOCKET_CAP: usize = 262_144;
 /// Histograms cover 1 µs to 1 h at two significant digits (±1 %); longer
 /// times count as 1 h.
-const HIST_LOW_NS: u64 = 1_000;
+pub(crate) const HIST_LOW_NS: u64 = 1_000;
 const HIST_HIGH_NS: u64 = 3_600_000_000_000;
 
 /// Closes per side.
@@ -225,9 +225,11 @@ fn histogram() -> Histogram<u64> {
 /// (or simultaneous) closer's full socket handing over to a timewait socket
 /// (kernel-notes §4).
 pub fn enters_time_wait(t: &Transition) -> bool {
-    t.new == TcpState::CLOSE
-        && matches!(t.old, TcpState::FIN_WAIT1 | TcpState::FIN_WAIT2 | TcpState::CLOSING)
-        && matches!(t.close, Some(CloseSide::Active | CloseSide::Simultaneous))
+    tcpstate_ebpf::hands_over_to_timewait(
+        t.old.0,
+        t.new.0,
+        t.close.map_or(tcpstate_ebpf::CLOSE_UNKNOWN, CloseSide::raw),
+    )
 }
 
 /// A connection (not a listener) reaching CLOSE.
@@ -257,10 +259,13 @@ pub struct Aggregator {
     pub in_timewait: u64,
     pub timewait_ends: Ends,
     pub timewait_ends_by_process: CappedTable<ProcessKey, Ends>,
-    /// Whether timewait sockets are followed: the FIN_WAIT2 time of a
-    /// connection handed to one is then recorded when it ends, whole.
-    /// How timewait sockets are followed, if they are.
+    /// How timewait sockets are followed, if they are. The FIN_WAIT2 time
+    /// of a connection handed to one is then recorded when it ends, whole.
     pub follows_timewait: Option<Sources>,
+    /// Whether the kernel keeps time in state and the state gauges (summary
+    /// mode): only closes then reach userspace, and the report merges the
+    /// kernel's histograms with what the timewait follower records here.
+    pub kernel_summary: bool,
     /// Transitions observed in userspace.
     pub events: u64,
     table_cap: usize,
@@ -286,6 +291,7 @@ impl Aggregator {
             timewait_ends: Ends::default(),
             timewait_ends_by_process: CappedTable::new(table_cap),
             follows_timewait: None,
+            kernel_summary: false,
             events: 0,
             table_cap,
         }
@@ -293,6 +299,11 @@ impl Aggregator {
 
     pub fn following_timewait(mut self, follows: Option<Sources>) -> Self {
         self.follows_timewait = follows;
+        self
+    }
+
+    pub fn summarized_in_kernel(mut self, yes: bool) -> Self {
+        self.kernel_summary = yes;
         self
     }
 
@@ -322,20 +333,25 @@ impl Aggregator {
     /// Forgets everything but the sockets being followed (the `r` key in top).
     pub fn reset(&mut self) {
         let sockets = std::mem::replace(&mut self.sockets, SocketTable::new(0));
-        *self = Self::new(self.table_cap, sockets.cap).following_timewait(self.follows_timewait);
+        *self = Self::new(self.table_cap, sockets.cap)
+            .following_timewait(self.follows_timewait)
+            .summarized_in_kernel(self.kernel_summary);
         self.sockets = sockets;
     }
 
     pub fn observe(&mut self, t: &Transition) {
         self.events += 1;
-        self.sockets.observe(t);
-        // A followed handover's FIN_WAIT2 time is recorded whole when its
-        // timewait socket ends.
-        let deferred = self.follows_timewait.is_some() && t.old == TcpState::FIN_WAIT2 && enters_time_wait(t);
-        if let Some(ns) = t.in_old_state_ns
-            && !deferred
-        {
-            self.record(t.old, ns);
+        if !self.kernel_summary {
+            self.sockets.observe(t);
+            // A followed handover's FIN_WAIT2 time is recorded whole when its
+            // timewait socket ends.
+            let deferred =
+                self.follows_timewait.is_some() && t.old == TcpState::FIN_WAIT2 && enters_time_wait(t);
+            if let Some(ns) = t.in_old_state_ns
+                && !deferred
+            {
+                self.record(t.old, ns);
+            }
         }
         if !connection_closed(t) {
             return;

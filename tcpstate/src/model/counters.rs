@@ -2,7 +2,58 @@
 
 use std::{collections::BTreeMap, fmt};
 
+use tcpstate_ebpf::{HIST_BUCKETS, TCP_STATE_COUNT};
+
 use super::transition::TcpState;
+
+/// Time spent in one state, as the kernel aggregates it in summary mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateHistogram {
+    /// Counts per `tcpstate_ebpf::hist_bucket`.
+    pub buckets: Vec<u64>,
+    /// Exact extremes since the program started; `min_ns` 0 if empty.
+    pub min_ns: u64,
+    pub max_ns: u64,
+}
+
+impl Default for StateHistogram {
+    fn default() -> Self {
+        Self { buckets: vec![0; HIST_BUCKETS], min_ns: 0, max_ns: 0 }
+    }
+}
+
+impl StateHistogram {
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+}
+
+/// What the kernel aggregates in summary mode (`stats`, `top`), where only
+/// closes are streamed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelSummary {
+    /// Indexed by state number: time spent in it, by the transition out.
+    pub state_time: Vec<StateHistogram>,
+    /// Sockets in each state now, among those the program has seen.
+    pub gauges: [i64; TCP_STATE_COUNT],
+}
+
+impl KernelSummary {
+    /// Histograms since `earlier` (extremes stay since the start); gauges
+    /// are levels, so they stay as they are.
+    fn since(&self, earlier: &Self) -> Self {
+        let state_time = self
+            .state_time
+            .iter()
+            .zip(&earlier.state_time)
+            .map(|(now, then)| StateHistogram {
+                buckets: now.buckets.iter().zip(&then.buckets).map(|(a, b)| a.saturating_sub(*b)).collect(),
+                ..now.clone()
+            })
+            .collect();
+        Self { state_time, gauges: self.gauges }
+    }
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelCounters {
@@ -18,6 +69,8 @@ pub struct KernelCounters {
     /// Records received by userspace, and how many were malformed.
     pub received: u64,
     pub malformed: u64,
+    /// In summary mode, the in-kernel aggregates.
+    pub summary: Option<KernelSummary>,
 }
 
 impl KernelCounters {
@@ -38,6 +91,10 @@ impl KernelCounters {
                 .map(|n| n.saturating_sub(earlier.recursion_misses.unwrap_or(0))),
             received: self.received.saturating_sub(earlier.received),
             malformed: self.malformed.saturating_sub(earlier.malformed),
+            summary: match (&self.summary, &earlier.summary) {
+                (Some(now), Some(then)) => Some(now.since(then)),
+                (now, _) => now.clone(),
+            },
         }
     }
 }
@@ -96,5 +153,20 @@ mod tests {
         assert_eq!(d.recursion_misses, Some(0));
         assert_eq!(d.transitions[&(TcpState::CLOSE, TcpState::SYN_SENT)], 6);
         assert_eq!(d.transitions[&(TcpState::CLOSE, TcpState::LISTEN)], 1);
+    }
+
+    #[test]
+    fn summary_deltas_keep_levels() {
+        let summary = |n: u64, gauge: i64| {
+            let mut state_time = vec![StateHistogram::default(); TCP_STATE_COUNT];
+            state_time[1].buckets[7] = n;
+            (state_time[1].min_ns, state_time[1].max_ns) = (5, 9);
+            KernelSummary { state_time, gauges: [gauge; TCP_STATE_COUNT] }
+        };
+        let before = KernelCounters { summary: Some(summary(4, 3)), ..Default::default() };
+        let now = KernelCounters { summary: Some(summary(10, 7)), ..Default::default() };
+        let d = now.since(&before).summary.unwrap();
+        assert_eq!((d.state_time[1].count(), d.state_time[1].buckets[7]), (6, 6));
+        assert_eq!((d.state_time[1].min_ns, d.gauges[1]), (5, 7));
     }
 }

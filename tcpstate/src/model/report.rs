@@ -8,8 +8,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::{
-    aggregate::{Aggregator, CappedTable, Ends, ProcessKey, Sides, Tally},
-    counters::KernelCounters,
+    aggregate::{Aggregator, CappedTable, Ends, HIST_LOW_NS, ProcessKey, Sides, Tally},
+    counters::{KernelCounters, StateHistogram},
     transition::{Comm, TcpState},
 };
 
@@ -122,6 +122,30 @@ pub struct Distribution {
     pub p90_ns: u64,
     pub p99_ns: u64,
     pub max_ns: u64,
+}
+
+/// Time in a state: what userspace recorded (timewait phases; everything
+/// outside summary mode), merged with the kernel's histogram in summary
+/// mode, whose buckets read back as their midpoints (±6.25 %) and whose
+/// extremes are exact.
+fn time_in_state(user: &Histogram<u64>, kernel: Option<&StateHistogram>) -> Option<Distribution> {
+    let Some(kernel) = kernel.filter(|k| k.count() > 0) else { return Distribution::of(user) };
+    let mut merged = user.clone();
+    for (bucket, &n) in kernel.buckets.iter().enumerate().filter(|(_, n)| **n > 0) {
+        merged.saturating_record_n(tcpstate_ebpf::hist_bucket_ns(bucket).max(HIST_LOW_NS), n);
+    }
+    let (kmin, kmax) = (kernel.min_ns.max(HIST_LOW_NS), kernel.max_ns.max(HIST_LOW_NS));
+    let min_ns = if user.is_empty() { kmin } else { user.min().min(kmin) };
+    let max_ns = if user.is_empty() { kmax } else { user.max().max(kmax) };
+    // Midpoints may fall outside the exact extremes.
+    Distribution::of(&merged).map(|d| Distribution {
+        count: d.count,
+        min_ns,
+        p50_ns: d.p50_ns.clamp(min_ns, max_ns),
+        p90_ns: d.p90_ns.clamp(min_ns, max_ns),
+        p99_ns: d.p99_ns.clamp(min_ns, max_ns),
+        max_ns,
+    })
 }
 
 impl Distribution {
@@ -248,19 +272,35 @@ impl Report {
             time_in_state: TcpState::LIFECYCLE
                 .iter()
                 .filter_map(|&s| {
-                    Distribution::of(&agg.time_in_state[s.0 as usize])
+                    let kernel = counters.summary.as_ref().map(|k| &k.state_time[s.0 as usize]);
+                    time_in_state(&agg.time_in_state[s.0 as usize], kernel)
                         .map(|distribution| StateDistribution { state: s.name(), distribution })
                 })
                 .collect(),
             lifetime: Distribution::of(&agg.lifetime),
-            sockets: Sockets {
-                by_state: TcpState::LIFECYCLE
-                    .iter()
-                    .map(|&s| StateCount { state: s.name(), count: agg.sockets.count(s) })
-                    .filter(|c| c.count > 0)
-                    .collect(),
-                followed: agg.sockets.len() as u64,
-                untracked: agg.sockets.untracked,
+            sockets: match &counters.summary {
+                None => Sockets {
+                    by_state: TcpState::LIFECYCLE
+                        .iter()
+                        .map(|&s| StateCount { state: s.name(), count: agg.sockets.count(s) })
+                        .filter(|c| c.count > 0)
+                        .collect(),
+                    followed: agg.sockets.len() as u64,
+                    untracked: agg.sockets.untracked,
+                },
+                // The kernel's socket table is the one that follows them.
+                Some(k) => {
+                    let count = |s: TcpState| k.gauges[s.0 as usize].max(0) as u64;
+                    Sockets {
+                        by_state: TcpState::LIFECYCLE
+                            .iter()
+                            .map(|&s| StateCount { state: s.name(), count: count(s) })
+                            .filter(|c| c.count > 0)
+                            .collect(),
+                        followed: TcpState::LIFECYCLE.iter().map(|&s| count(s)).sum(),
+                        untracked: counters.socket_insert_failed,
+                    }
+                }
             },
             transitions: counters
                 .transitions

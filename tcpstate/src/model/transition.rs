@@ -72,7 +72,7 @@ impl CloseSide {
         }
     }
 
-    fn raw(self) -> u8 {
+    pub fn raw(self) -> u8 {
         match self {
             Self::Active => abi::CLOSE_ACTIVE,
             Self::Passive => abi::CLOSE_PASSIVE,

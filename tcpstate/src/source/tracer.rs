@@ -20,7 +20,7 @@ use super::{
     preflight, tracefs,
 };
 use crate::model::{
-    counters::KernelCounters,
+    counters::{KernelCounters, KernelSummary, StateHistogram},
     timewait::TwHook,
     transition::{Comm, Family, TcpState, Transition},
 };
@@ -79,6 +79,9 @@ pub struct TracerOptions {
     pub max_sockets: u32,
     /// Try the exact timewait hooks (fentry), where the kernel allows them.
     pub timewait_hooks: bool,
+    /// `tcpstate_ebpf::STREAM_*` bits: 0 streams every transition; summary
+    /// mode aggregates in the kernel and streams closes only.
+    pub stream: u8,
 }
 
 impl TracerOptions {
@@ -100,6 +103,7 @@ impl Default for TracerOptions {
             ring_bytes: Self::DEFAULT_RING_BYTES,
             max_sockets: Self::DEFAULT_MAX_SOCKETS,
             timewait_hooks: false,
+            stream: 0,
         }
     }
 }
@@ -122,6 +126,8 @@ pub struct Tracer {
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
     ebpf: Ebpf,
     hooks: Hooks,
+    /// Whether the kernel aggregates (summary mode).
+    summary: bool,
     received: u64,
     malformed: u64,
 }
@@ -141,6 +147,8 @@ impl Tracer {
             wakeup_bytes: opts.wakeup_bytes(),
             sock: kernel.map(|k| k.sock).unwrap_or_default(),
             tw: kernel.and_then(|k| k.tw.clone().ok()).unwrap_or_default(),
+            stream: opts.stream,
+            _pad: [0; 7],
             offsets,
             family: match opts.filters.family {
                 None => abi::FAMILY_ANY,
@@ -180,7 +188,15 @@ impl Tracer {
         let ring = RingBuf::try_from(
             ebpf.take_map(abi::MAP_EVENTS).ok_or_else(|| anyhow!("map {} missing", abi::MAP_EVENTS))?,
         )?;
-        Ok(Self { ring, logger, ebpf, hooks, received: 0, malformed: 0 })
+        Ok(Self {
+            ring,
+            logger,
+            ebpf,
+            hooks,
+            summary: opts.stream & abi::STREAM_SUMMARY != 0,
+            received: 0,
+            malformed: 0,
+        })
     }
 
     /// The exact timewait hooks, as attached at start.
@@ -232,6 +248,33 @@ impl Tracer {
         Ok(table.keys().filter(Result::is_ok).count())
     }
 
+    /// Summary mode's histograms and gauges, summed over the CPUs.
+    fn kernel_summary(&self) -> anyhow::Result<KernelSummary> {
+        let map = |name: &str| self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"));
+        let times: PerCpuArray<_, abi::StateTime> = PerCpuArray::try_from(map(abi::MAP_STATE_TIME)?)?;
+        let gauges: PerCpuArray<_, u64> = PerCpuArray::try_from(map(abi::MAP_GAUGES)?)?;
+        let mut summary = KernelSummary {
+            state_time: vec![StateHistogram::default(); abi::TCP_STATE_COUNT],
+            gauges: [0; abi::TCP_STATE_COUNT],
+        };
+        for state in 0..abi::TCP_STATE_COUNT {
+            let out = &mut summary.state_time[state];
+            for cpu in times.get(&(state as u32), 0)?.iter() {
+                for (sum, n) in out.buckets.iter_mut().zip(cpu.buckets) {
+                    *sum += n;
+                }
+                if cpu.min_ns != 0 && (out.min_ns == 0 || cpu.min_ns < out.min_ns) {
+                    out.min_ns = cpu.min_ns;
+                }
+                out.max_ns = out.max_ns.max(cpu.max_ns);
+            }
+            // Per-CPU deltas: a socket may enter a state on one CPU and leave it on another.
+            let level = gauges.get(&(state as u32), 0)?.iter().fold(0u64, |acc, d| acc.wrapping_add(*d));
+            summary.gauges[state] = level as i64;
+        }
+        Ok(summary)
+    }
+
     pub fn counters(&self) -> anyhow::Result<KernelCounters> {
         let map = |name: &str| self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"));
         let transitions: PerCpuArray<_, u64> = PerCpuArray::try_from(map(abi::MAP_TRANSITIONS)?)?;
@@ -253,6 +296,9 @@ impl Tracer {
         out.read_failed = sum(&counters, abi::COUNTER_READ_FAILED)?;
         out.received = self.received;
         out.malformed = self.malformed;
+        if self.summary {
+            out.summary = Some(self.kernel_summary()?);
+        }
         let program: &TracePoint =
             self.ebpf.program(abi::PROGRAM_NAME).ok_or_else(|| anyhow!("program missing"))?.try_into()?;
         out.recursion_misses = recursion_misses(program.fd()?.as_fd()).ok();
