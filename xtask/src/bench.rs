@@ -223,13 +223,18 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// The in-kernel cost of one run of the program, with bpf_stats_enabled
-/// on for one extra `stats` run only (the statistics cost a little).
-fn program_ns_per_run(tcpstate: &Path, churn_bin: &Path, opts: &Options) -> anyhow::Result<Option<f64>> {
+/// The in-kernel cost of one run of `mode`'s program, with
+/// bpf_stats_enabled on for one extra run only (the statistics cost a little).
+fn program_ns_per_run(
+    tcpstate: &Path,
+    churn_bin: &Path,
+    opts: &Options,
+    mode: Mode,
+) -> anyhow::Result<Option<f64>> {
+    let Some(args) = mode.tracer_args() else { return Ok(None) };
     let knob = "/proc/sys/kernel/bpf_stats_enabled";
     let before = fs::read_to_string(knob).unwrap_or_default();
     fs::write(knob, "1").context("enabling bpf_stats")?;
-    let args = Mode::Stats.tracer_args().unwrap_or_default();
     let mut child =
         Command::new(tcpstate).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
     let mut line = String::new();
@@ -378,7 +383,10 @@ fn measure(tcpstate: &Path, churn_bin: &Path, opts: &Options) -> anyhow::Result<
             std::thread::sleep(Duration::from_millis(500));
         }
     }
-    let per_run_ns = program_ns_per_run(tcpstate, churn_bin, opts)?;
+    let per_run_ns: Vec<Option<f64>> = Mode::ALL
+        .into_iter()
+        .map(|mode| program_ns_per_run(tcpstate, churn_bin, opts, mode))
+        .collect::<anyhow::Result<_>>()?;
 
     let rate = |i: usize| median(runs[i].iter().map(Run::rate).collect());
     // Each repetition's runs follow one another: compare within it, then
@@ -440,11 +448,39 @@ fn measure(tcpstate: &Path, churn_bin: &Path, opts: &Options) -> anyhow::Result<
             "runs": r.iter().map(|x| serde_json::json!({"connections": x.connections, "seconds": x.seconds, "transitions": x.transitions, "events": x.events, "dropped": x.dropped, "cpu_s": x.cpu_s})).collect::<Vec<_>>(),
         }));
     }
-    if let Some(ns) = per_run_ns {
+    // The same comparison by CPU accounting, which the machine's drifting
+    // speed moves much less: what one untraced connection costs (both CPUs
+    // busy), against what tracing adds to it, measured directly (the
+    // program's run time from bpf_stats, the tracer's rusage).
+    println!(
+        "\n{:<26} {:>12} {:>12} {:>14} {:>14} {:>10}",
+        "CPU ACCOUNTING", "PROG ns/HIT", "HITS/CONN", "PROG µs/CONN", "TRACER µs/CONN", "MODELLED"
+    );
+    let base_us = nproc as f64 * 1e6 / rate(0);
+    let mut model = Vec::new();
+    for (i, mode) in Mode::ALL.into_iter().enumerate().skip(1) {
+        let r = &runs[i];
+        let per_conn = |f: &dyn Fn(&Run) -> Option<f64>| {
+            let v: Vec<f64> = r.iter().filter_map(|x| Some(f(x)? / x.connections.max(1) as f64)).collect();
+            (!v.is_empty()).then(|| median(v))
+        };
+        let hits = per_conn(&|x| x.transitions.map(|t| t as f64)).unwrap_or(10.0);
+        let tracer_us = per_conn(&|x| x.cpu_s.map(|s| s * 1e6)).unwrap_or(0.0);
+        let Some(ns) = per_run_ns[i] else { continue };
+        let prog_us = ns * hits / 1e3;
+        let modelled = base_us / (base_us + prog_us + tracer_us);
         println!(
-            "\nprogram run time (bpf_stats_enabled, one extra stats run): {ns:.0} ns per tracepoint hit"
+            "{:<26} {:>12.0} {:>12.2} {:>14.2} {:>14.2} {:>10.3}",
+            mode.name(),
+            ns,
+            hits,
+            prog_us,
+            tracer_us,
+            modelled
         );
+        model.push(serde_json::json!({"mode": mode.name(), "program_ns_per_hit": ns, "hits_per_connection": hits, "tracer_us_per_connection": tracer_us, "modelled_vs_untraced": modelled}));
     }
+    println!("untraced: {base_us:.1} µs of CPU per connection ({nproc} CPUs busy)");
     let doc = serde_json::json!({
         "kernel": capture(Command::new("uname").arg("-r")).unwrap_or_default().trim(),
         "cpus": nproc,
@@ -453,6 +489,7 @@ fn measure(tcpstate: &Path, churn_bin: &Path, opts: &Options) -> anyhow::Result<
         "threads": opts.threads,
         "program_ns_per_run": per_run_ns,
         "modes": rows,
+        "cpu_accounting": model,
     });
     Ok(doc)
 }
