@@ -51,8 +51,10 @@ fn memory_stays_bounded_over_100k_connections() {
     client.finish();
     server.finish();
     // The last connection's close can still be finishing in the kernel as
-    // the peers exit: drain until every close is in (or skipped), for 5 s at most.
-    let settle = Instant::now() + Duration::from_secs(5);
+    // the peers exit, and under this load a FIN can wait for a retransmit
+    // (seen once: one socket still in FIN_WAIT1 after 5 s): drain until
+    // every close is in (or skipped), for 15 s at most.
+    let settle = Instant::now() + Duration::from_secs(15);
     loop {
         tracer
             .drain_transitions(|t| -> Result<(), ()> {
