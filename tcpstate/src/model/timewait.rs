@@ -352,7 +352,7 @@ pub struct Tracker {
     /// Ended early by the deschedule hook, waiting to learn whether a new
     /// connection took the 4-tuple: (entry, when it ended).
     descheduled: HashMap<TwKey, (Entry, u64)>,
-    /// The latest event time seen, to age the two tables above.
+    /// The latest event time seen, to age pending schedule hooks.
     latest_ns: u64,
     /// Counts dumps, to tell which entries the latest one showed.
     dumps: u64,
@@ -486,11 +486,11 @@ impl Tracker {
             }
             _ => {}
         }
-        self.settle(self.latest_ns, events);
     }
 
     /// Early ends that no new connection claimed within the grace period
     /// were kills. `now_ns` is the monotonic clock, as events carry it.
+    /// Called once per drain, not per event: it scans the waiting ends.
     pub fn settle(&mut self, now_ns: u64, events: &mut Vec<TwEvent>) {
         if self.descheduled.is_empty() {
             return;
