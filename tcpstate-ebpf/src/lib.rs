@@ -51,7 +51,7 @@ pub fn state_name(state: u8) -> Option<&'static str> {
 }
 
 // ---------------------------------------------------------------------------
-// Close side (kernel-notes §3)
+// Close side (docs/ARCHITECTURE.md, "Close side")
 // ---------------------------------------------------------------------------
 
 pub const CLOSE_UNKNOWN: u8 = 0;
@@ -95,7 +95,7 @@ pub fn close_side_after(known: u8, old: u8, new: u8) -> u8 {
 }
 
 // ---------------------------------------------------------------------------
-// Socket lifecycle rules (kernel-notes §2)
+// Socket lifecycle rules (docs/ARCHITECTURE.md, "Owners")
 // ---------------------------------------------------------------------------
 
 /// Whether the transition runs in the owning process's context, so that the
@@ -130,7 +130,7 @@ pub fn is_accepted_child(old: u8, new: u8) -> bool {
 
 /// Whether `old → new` (with the close side after it) hands the connection
 /// over to a timewait socket: the active or simultaneous closer's full
-/// socket closing from a FIN state (kernel-notes §4).
+/// socket closing from a FIN state (docs/ARCHITECTURE.md, "Timewait sockets").
 #[inline(always)]
 pub fn hands_over_to_timewait(old: u8, new: u8, close: u8) -> bool {
     new == TCP_CLOSE
@@ -244,6 +244,21 @@ pub const FLAG_OWNER_KNOWN: u8 = 1;
 pub const FLAG_OWNER_FROM_LISTENER: u8 = 2;
 /// The socket has been followed since its first transition.
 pub const FLAG_FROM_START: u8 = 4;
+/// `Event::flags` only: the kernel skipped at least one of this socket's
+/// transitions just before this one; `Event::last_state` is the state the
+/// socket table last saw, and the time in the old state is unknown.
+pub const FLAG_GAP: u8 = 8;
+/// `SockRecord::flags` (and so every later event): the socket has missed a
+/// transition at some point, counted once per socket.
+pub const FLAG_HAD_GAP: u8 = 16;
+
+/// Whether a transition out of `old` shows that the socket table missed
+/// transitions: the table last saw the socket enter `last_seen`, and a
+/// socket leaves only the state it is in.
+#[inline(always)]
+pub fn missed_transitions(last_seen: u8, old: u8) -> bool {
+    last_seen != old
+}
 
 /// One state transition, as sent through the ring buffer. 104 bytes.
 #[repr(C)]
@@ -270,7 +285,9 @@ pub struct Event {
     pub newstate: u8,
     pub close: u8,
     pub flags: u8,
-    pub _pad: [u8; 6],
+    /// With `FLAG_GAP`: the state the socket table last saw; else `oldstate`.
+    pub last_state: u8,
+    pub _pad: [u8; 5],
 }
 
 /// Per-socket record in the kernel's socket table, keyed by `skaddr`.
@@ -284,7 +301,13 @@ pub struct SockRecord {
     pub netns: u32,
     pub close: u8,
     pub flags: u8,
-    pub _pad: [u8; 6],
+    /// The state the socket entered at its last transition seen.
+    pub state: u8,
+    pub _pad: u8,
+    /// Its ports at that transition, for the filters when a later socket
+    /// finds this record stale.
+    pub sport: u16,
+    pub dport: u16,
 }
 
 /// A process that owns a socket: the listener table's value.
@@ -393,7 +416,7 @@ pub struct Config {
 }
 
 // ---------------------------------------------------------------------------
-// Exact timewait hooks (fentry, where the kernel allows it; kernel-notes §4)
+// Exact timewait hooks (fentry, where the kernel allows it; docs/ARCHITECTURE.md)
 // ---------------------------------------------------------------------------
 
 /// `TwHookEvent::hook`: which kernel function fired.
@@ -507,7 +530,15 @@ pub fn transition_index(old: u8, new: u8) -> u32 {
 pub const COUNTER_RINGBUF_FULL: u32 = 0;
 pub const COUNTER_SOCKET_INSERT_FAILED: u32 = 1;
 pub const COUNTER_READ_FAILED: u32 = 2;
-pub const COUNTER_SLOTS: u32 = 4;
+/// Sockets that pass the filters found to have missed a transition (each
+/// counted once).
+pub const COUNTER_SOCKETS_WITH_GAPS: u32 = 3;
+/// Records added to the socket table, and removed from it at CLOSE. What
+/// was added and neither removed nor is in the table now was evicted by
+/// the LRU: a live socket forgotten, which an LRU does without failing.
+pub const COUNTER_SOCKETS_INSERTED: u32 = 4;
+pub const COUNTER_SOCKETS_REMOVED: u32 = 5;
+pub const COUNTER_SLOTS: u32 = 8;
 
 #[cfg(all(feature = "user", not(target_arch = "bpf")))]
 mod user {
@@ -587,6 +618,32 @@ mod tests {
         assert!(!starts_new_socket(TCP_SYN_SENT, TCP_ESTABLISHED));
         assert!(is_accepted_child(TCP_LISTEN, TCP_SYN_RECV));
         assert!(!is_accepted_child(TCP_LISTEN, TCP_CLOSE));
+    }
+
+    #[test]
+    fn missed_transitions_are_told_by_the_state_left() {
+        // Seen entering ESTABLISHED, now leaving it: nothing missed.
+        assert!(!missed_transitions(TCP_ESTABLISHED, TCP_ESTABLISHED));
+        // Seen entering FIN_WAIT1, now leaving FIN_WAIT2: FIN_WAIT1 ->
+        // FIN_WAIT2 was skipped.
+        assert!(missed_transitions(TCP_FIN_WAIT1, TCP_FIN_WAIT2));
+        // A whole life through a table: with every step seen nothing is
+        // flagged; with one step skipped, exactly the next one is.
+        let life = [TCP_CLOSE, TCP_SYN_SENT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_CLOSE];
+        let flagged = |skip: Option<usize>| -> [bool; 5] {
+            let mut seen = life[0];
+            let mut out = [false; 5];
+            for (i, step) in life.windows(2).enumerate() {
+                if Some(i) == skip {
+                    continue;
+                }
+                out[i] = missed_transitions(seen, step[0]);
+                seen = step[1];
+            }
+            out
+        };
+        assert_eq!(flagged(None), [false; 5]);
+        assert_eq!(flagged(Some(3)), [false, false, false, false, true]);
     }
 
     #[test]

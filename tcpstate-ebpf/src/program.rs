@@ -1,10 +1,12 @@
 //! Follows every TCP socket through its transitions in a socket table,
 //! attributes each to the process that owns it, and streams the transitions
-//! that pass the filters to userspace. See `../shared/docs/kernel-notes.md`.
+//! that pass the filters to userspace. See docs/ARCHITECTURE.md.
 
 use aya_ebpf::{
     EbpfContext as _, Global,
-    bindings::{BPF_F_NO_COMMON_LRU, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{
+        BPF_ANY, BPF_F_NO_COMMON_LRU, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+    },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_probe_read_kernel_buf,
@@ -147,9 +149,14 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
     let slot = if new_life { None } else { SOCKETS.get_ptr_mut(skaddr) };
     // SAFETY: a valid map value pointer, read once.
     let known = slot.map(|p| unsafe { *p });
+    // The kernel skips tracepoint hits under load (docs/ARCHITECTURE.md,
+    // "Lost transitions"): a socket leaving a state other than the one the
+    // table saw it enter has missed transitions, so its time in `old` is
+    // unknown.
+    let gap = known.is_some_and(|rec| missed_transitions(rec.state, old));
     let in_old_state_ns = match known {
-        Some(rec) => now.saturating_sub(rec.last_change_ns),
-        None => DURATION_UNKNOWN,
+        Some(rec) if !gap => now.saturating_sub(rec.last_change_ns),
+        _ => DURATION_UNKNOWN,
     };
     let mut rec = known.unwrap_or_else(|| SockRecord {
         first_seen_ns: now,
@@ -159,8 +166,16 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
         netns: netns_of(skaddr, cfg.sock),
         close: CLOSE_UNKNOWN,
         flags: if new_life { FLAG_FROM_START } else { 0 },
-        _pad: [0; 6],
+        state: old,
+        _pad: 0,
+        sport,
+        dport,
     });
+    let last_state = rec.state;
+    let first_gap = gap && rec.flags & FLAG_HAD_GAP == 0;
+    if gap {
+        rec.flags |= FLAG_HAD_GAP;
+    }
 
     if owner_is_current(old, new) {
         rec.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -182,28 +197,31 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
     }
     rec.close = close_side_after(rec.close, old, new);
     rec.last_change_ns = now;
+    rec.state = new;
+    (rec.sport, rec.dport) = (sport, dport);
 
     match slot {
         Some(_) if new == TCP_CLOSE => {
-            let _ = SOCKETS.remove(skaddr);
+            if SOCKETS.remove(skaddr).is_ok() {
+                bump(&COUNTERS, COUNTER_SOCKETS_REMOVED);
+            }
         }
         // SAFETY: the same valid map value pointer.
         Some(p) => unsafe { *p = rec },
         None if new == TCP_CLOSE => {}
-        None => {
-            if SOCKETS.insert(skaddr, rec, 0).is_err() {
-                bump(&COUNTERS, COUNTER_SOCKET_INSERT_FAILED);
-                warn!(ctx, "socket table insert failed for skaddr {:x}", skaddr);
-            }
-        }
+        None => remember(ctx, cfg.filters, skaddr, &rec, new_life),
     }
 
     if cfg.filters != 0 && !selected(cfg.filters, sport, dport, &rec) {
         return Ok(());
     }
+    if first_gap {
+        bump(&COUNTERS, COUNTER_SOCKETS_WITH_GAPS);
+    }
     bump(&TRANSITIONS, transition_index(old, new));
     if cfg.stream & STREAM_SUMMARY != 0 {
-        summarize(cfg.stream, old, new, known.is_some(), in_old_state_ns, rec.close);
+        let left = known.map(|_| last_state);
+        summarize(cfg.stream, old, new, left, in_old_state_ns, rec.close);
         if !streamed(cfg.stream, old, new) {
             return Ok(());
         }
@@ -229,8 +247,9 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
         oldstate: old,
         newstate: new,
         close: rec.close,
-        flags: rec.flags,
-        _pad: [0; 6],
+        flags: if gap { rec.flags | FLAG_GAP } else { rec.flags },
+        last_state,
+        _pad: [0; 5],
     });
     // Waking the reader costs more than the rest of the program, so wake it
     // only once a batch is waiting; it also drains on a timer.
@@ -336,9 +355,43 @@ fn v4_mapped(addr: [u8; 4]) -> [u8; 16] {
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]]
 }
 
-/// Summary mode: the time in `old` into its histogram, and the gauges.
+/// Adds a socket to the table. A new life normally finds no record at its
+/// address; one that does follows a socket whose CLOSE the kernel skipped,
+/// and replaces that record.
 #[inline(always)]
-fn summarize(stream: u8, old: u8, new: u8, known: bool, in_old_state_ns: u64, close: u8) {
+fn remember(ctx: &TracePointContext, filters: u8, skaddr: u64, rec: &SockRecord, new_life: bool) {
+    let flags = if new_life { BPF_NOEXIST } else { BPF_ANY };
+    match SOCKETS.insert(skaddr, *rec, flags.into()) {
+        Ok(()) => bump(&COUNTERS, COUNTER_SOCKETS_INSERTED),
+        Err(EEXIST) if new_life => {
+            // SAFETY: read-only copy of a map value.
+            let stale = unsafe { SOCKETS.get(skaddr) }.copied();
+            if SOCKETS.insert(skaddr, *rec, BPF_ANY.into()).is_err() {
+                bump(&COUNTERS, COUNTER_SOCKET_INSERT_FAILED);
+            }
+            if let Some(stale) = stale
+                && (filters == 0 || selected(filters, stale.sport, stale.dport, &stale))
+            {
+                bump(&COUNTERS, COUNTER_SOCKETS_WITH_GAPS);
+            }
+        }
+        Err(_) => {
+            bump(&COUNTERS, COUNTER_SOCKET_INSERT_FAILED);
+            warn!(ctx, "socket table insert failed for skaddr {:x}", skaddr);
+        }
+    }
+}
+
+/// What a map update returns when `BPF_NOEXIST` finds the key.
+const EEXIST: i32 = -17;
+
+/// Summary mode: the time in `old` into its histogram, and the gauges.
+/// `left` is the state the table last saw the socket in (`None` for a
+/// socket not followed until now): its gauge is the one to take back, even
+/// when transitions were missed since.
+#[inline(always)]
+fn summarize(stream: u8, old: u8, new: u8, left: Option<u8>, in_old_state_ns: u64, close: u8) {
+    let known = left.is_some();
     let deferred = stream & STREAM_DEFER_HANDOVER != 0
         && old == TCP_FIN_WAIT2
         && hands_over_to_timewait(old, new, close);
@@ -360,7 +413,9 @@ fn summarize(stream: u8, old: u8, new: u8, known: bool, in_old_state_ns: u64, cl
             time.max_ns = ns;
         }
     }
-    if known && let Some(gauge) = GAUGES.get_ptr_mut(u32::from(old)) {
+    if let Some(left) = left
+        && let Some(gauge) = GAUGES.get_ptr_mut(u32::from(left))
+    {
         // SAFETY: as above.
         unsafe { *gauge = (*gauge).wrapping_sub(1) };
     }

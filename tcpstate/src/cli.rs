@@ -168,10 +168,10 @@ pub struct SessionArgs {
     /// Ring buffer size: a power of two of at least 4K (e.g. 256K, 8M)
     #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_ring_size)]
     pub ring_size: u32,
-    /// Sockets the kernel-side table follows at once
-    #[arg(long, value_name = "N", default_value_t = TracerOptions::DEFAULT_MAX_SOCKETS,
-          value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
-    pub max_sockets: u32,
+    /// Sockets the kernel-side table follows at once [default: twice the TCP
+    /// sockets on the host at start, at least 65536]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(64..=TracerOptions::MAX_SOCKETS as i64))]
+    pub max_sockets: Option<u32>,
     /// Do not follow connections into their timewait sockets
     #[arg(long)]
     pub no_timewait: bool,

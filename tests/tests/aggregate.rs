@@ -1,6 +1,8 @@
 //! `tcpstate stats` and `tcpstate top` against the real kernel, with known
 //! numbers.
 
+use std::time::Duration;
+
 use serde_json::Value;
 use tcpstate_tests::*;
 
@@ -24,61 +26,73 @@ fn fixed_scenario_counts_sides_and_time_wait_producers() {
     if !kernel_tests_possible("fixed_scenario") {
         return;
     }
-    let ns = Netns::new("agg");
-    let (pa, ps, pc) = (unique_port(), unique_port(), unique_port());
-    let ports = format!("{pa},{ps},{pc}");
-    // Long enough for the other two commands to start before the traffic
-    // (seconds each in the emulated VM, where the exact hooks load too).
-    let common = ["--port", ports.as_str(), "--duration", "8"];
-    let stats = CommandRun::start(&[&["stats", "--json"][..], &common].concat());
-    let top_json = CommandRun::start(&[&["top", "--json", "--interval", "1"][..], &common].concat());
-    let top_text = CommandRun::start(&[&["top", "--interval", "1"][..], &common].concat());
+    let (report, top_docs, text, ps) = rerun_if_transitions_lost("fixed_scenario", || {
+        let ns = Netns::new("agg");
+        let (pa, ps, pc) = (unique_port(), unique_port(), unique_port());
+        let ports = format!("{pa},{ps},{pc}");
+        // All three attach before the traffic, and end once it is over.
+        let common = ["--port", ports.as_str()];
+        let stats = CommandRun::start(&[&["stats", "--json"][..], &common].concat());
+        let top_json = CommandRun::start(&[&["top", "--json", "--interval", "1"][..], &common].concat());
+        let top_text = CommandRun::start(&[&["top", "--interval", "1"][..], &common].concat());
 
-    let (a_addr, s_addr, c_addr) =
-        (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{ps}"), format!("127.0.0.1:{pc}"));
-    let servers = [
-        Peer::server(
-            &ns,
-            "tsp-srv-a",
-            &["server", "--listen", &a_addr, "--count", "20", "--close", "second"],
-        ),
-        Peer::server(&ns, "tsp-s", &["server", "--listen", &s_addr, "--count", "10", "--close", "first"]),
-        Peer::server(&ns, "tsp-srv-c", &["server", "--listen", &c_addr, "--count", "5", "--close", "second"]),
-    ];
-    let clients = [
-        Peer::spawn(
-            &ns,
-            "tsp-a",
-            false,
-            &["client", "--connect", &a_addr, "--count", "20", "--close", "first"],
-        ),
-        Peer::spawn(
-            &ns,
-            "tsp-b",
-            false,
-            &["client", "--connect", &s_addr, "--count", "10", "--close", "second"],
-        ),
-        Peer::spawn(
-            &ns,
-            "tsp-c",
-            false,
-            &["client", "--connect", &c_addr, "--count", "5", "--close", "abort"],
-        ),
-    ];
-    for peer in clients.into_iter().chain(servers) {
-        peer.finish();
-    }
-
-    let report: Value = serde_json::from_str(&stats.output()).expect("one JSON document");
-    // Exact counts need every tracepoint hit: a heavily loaded machine can
-    // make the kernel skip some, which tcpstate reports.
-    assert_eq!(
-        report["losses"]["tracepoint_hits_skipped"], 0,
-        "the kernel skipped hits; counts would be short"
-    );
+        let (a_addr, s_addr, c_addr) =
+            (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{ps}"), format!("127.0.0.1:{pc}"));
+        let servers = [
+            Peer::server(
+                &ns,
+                "tsp-srv-a",
+                &["server", "--listen", &a_addr, "--count", "20", "--close", "second"],
+            ),
+            Peer::server(&ns, "tsp-s", &["server", "--listen", &s_addr, "--count", "10", "--close", "first"]),
+            Peer::server(
+                &ns,
+                "tsp-srv-c",
+                &["server", "--listen", &c_addr, "--count", "5", "--close", "second"],
+            ),
+        ];
+        let clients = [
+            Peer::spawn(
+                &ns,
+                "tsp-a",
+                false,
+                &["client", "--connect", &a_addr, "--count", "20", "--close", "first"],
+            ),
+            Peer::spawn(
+                &ns,
+                "tsp-b",
+                false,
+                &["client", "--connect", &s_addr, "--count", "10", "--close", "second"],
+            ),
+            Peer::spawn(
+                &ns,
+                "tsp-c",
+                false,
+                &["client", "--connect", &c_addr, "--count", "5", "--close", "abort"],
+            ),
+        ];
+        for peer in clients.into_iter().chain(servers) {
+            peer.finish();
+        }
+        ns.wait_until_quiet();
+        // Each top has shown a periodic view before its final one.
+        let refreshes = Duration::from_secs(10);
+        assert!(top_json.wait_for_stdout(refreshes, |o| o.lines().count() >= 1), "top --json shows nothing");
+        assert!(
+            top_text.wait_for_stdout(refreshes, |o| o.contains("--- tcpstate top ")),
+            "top shows nothing"
+        );
+        let (stats, top_json, top_text) = (stats.stop(), top_json.stop(), top_text.stop());
+        let lost = [&stats, &top_json, &top_text].iter().map(|f| f.lost()).fold(Lost::default(), Lost::max);
+        let report: Value = serde_json::from_str(&stats.stdout).expect("one JSON document");
+        let top_docs: Vec<Value> =
+            top_json.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        ((report, top_docs, top_text.stdout, ps), lost)
+    });
     let tw = &report["time_wait"];
     assert_eq!(tw["total"], 30, "{tw}");
     assert_eq!(by_comm(&tw["by_process"], "count"), [("tsp-a".into(), 20), ("tsp-s".into(), 10)]);
+    // The one server that closes first, on its own port: 10 from there.
     assert_eq!(tw["by_local_port"]["rows"][0], serde_json::json!({"port": ps, "count": 10}));
 
     let closes = &report["closes"];
@@ -112,9 +126,11 @@ fn fixed_scenario_counts_sides_and_time_wait_producers() {
     let tcpext: Vec<&str> = report["tcpext"].as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(tcpext, ["TCPTimeWaitOverflow", "TW", "TWKilled", "TWRecycled"]);
 
+    assert_eq!(report["losses"]["sockets_with_missed_transitions"], 0);
+    assert_eq!(report["losses"]["sockets_evicted"], 0);
+
     // top, off a terminal, ends with a document holding the same numbers.
-    let top_docs: Vec<Value> = top_json.output().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(top_docs.len() >= 4, "one per second and a final one: {}", top_docs.len());
+    assert!(top_docs.len() >= 2, "a periodic one and a final one: {}", top_docs.len());
     let last = top_docs.last().unwrap();
     for key in ["time_wait", "closes", "transitions", "sockets"] {
         assert_eq!(last[key], report[key], "{key} differs between top and stats");
@@ -134,9 +150,8 @@ fn fixed_scenario_counts_sides_and_time_wait_producers() {
     assert_eq!(last["losses"]["events_received"], report["losses"]["events_received"]);
     assert!(last["rates"].is_array());
 
-    let text = top_text.output();
     let blocks: Vec<&str> = text.split("--- tcpstate top ").filter(|b| !b.is_empty()).collect();
-    assert!(blocks.len() >= 4, "{text}");
+    assert!(blocks.len() >= 2, "{text}");
     let final_block = blocks.last().unwrap();
     assert!(final_block.contains("TIME_WAIT producers: 30 connections"), "{final_block}");
     let row = |comm: &str| {
@@ -154,43 +169,178 @@ fn close_wait_hold_is_measured() {
     if !kernel_tests_possible("close_wait_hold") {
         return;
     }
-    let ns = Netns::new("hold");
-    let port = unique_port();
-    let addr = format!("127.0.0.1:{port}");
-    let stats = CommandRun::start(&["stats", "--json", "--port", &port.to_string(), "--duration", "4"]);
-    let server = Peer::server(
-        &ns,
-        "tsp-hold",
-        &["server", "--listen", &addr, "--count", "6", "--close", "second", "--hold-ms", "200"],
-    );
-    // A pause longer than the hold, so no connection waits in the backlog.
-    Peer::spawn(
-        &ns,
-        "tsp-cli",
-        false,
-        &["client", "--connect", &addr, "--count", "6", "--close", "first", "--pause-ms", "300"],
-    )
-    .finish();
-    server.finish();
-    let report: Value = serde_json::from_str(&stats.output()).unwrap();
+    const HOLD_MS: u64 = 200;
+    const CONNECTIONS: usize = 6;
+    let (report, traced) = rerun_if_transitions_lost("close_wait_hold", || {
+        let ns = Netns::new("hold");
+        let port = unique_port();
+        let addr = format!("127.0.0.1:{port}");
+        let p = port.to_string();
+        let stats = CommandRun::start(&["stats", "--json", "--port", &p]);
+        // The same connections, one by one, to check the kernel's histogram.
+        let trace = CommandRun::start(&["trace", "--json", "--no-timewait", "--port", &p]);
+        let n = CONNECTIONS.to_string();
+        let server = Peer::server(
+            &ns,
+            "tsp-hold",
+            &[
+                "server",
+                "--listen",
+                &addr,
+                "--count",
+                &n,
+                "--close",
+                "second",
+                "--hold-ms",
+                &HOLD_MS.to_string(),
+            ],
+        );
+        // A pause longer than the hold, so no connection waits in the backlog.
+        Peer::spawn(
+            &ns,
+            "tsp-cli",
+            false,
+            &["client", "--connect", &addr, "--count", &n, "--close", "first", "--pause-ms", "300"],
+        )
+        .finish();
+        server.finish();
+        ns.wait_until_quiet();
+        let (stats, trace) = (stats.stop(), trace.stop());
+        let lost = stats.lost().max(trace.lost());
+        let report: Value = serde_json::from_str(&stats.stdout).unwrap();
+        let mut traced: Vec<f64> = trace
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r["old_state"] == "CLOSE_WAIT")
+            .map(|r| r["in_old_state_ns"].as_u64().unwrap() as f64 / 1e6)
+            .collect();
+        traced.sort_by(f64::total_cmp);
+        ((report, traced), lost)
+    });
     let close_wait =
         report["time_in_state"].as_array().unwrap().iter().find(|d| d["state"] == "CLOSE_WAIT").cloned();
     let close_wait = close_wait.expect("CLOSE_WAIT measured");
-    assert_eq!(close_wait["count"], 6);
+    assert_eq!(close_wait["count"], CONNECTIONS);
+    assert_eq!(traced.len(), CONNECTIONS);
     let ms = |field: &str| close_wait[field].as_u64().unwrap() as f64 / 1e6;
-    assert!((200.0..=400.0).contains(&ms("p50_ns")), "CLOSE_WAIT p50 {} ms", ms("p50_ns"));
-    // The kernel's extremes are exact, and bound its bucketed percentiles.
-    assert!(ms("min_ns") >= 200.0 && ms("min_ns") <= ms("p50_ns") && ms("p50_ns") <= ms("max_ns"));
+    // At least the hold; the kernel's extremes are exact, and bound its
+    // bucketed percentiles.
+    assert!(ms("min_ns") >= HOLD_MS as f64, "{close_wait}");
+    assert!(ms("min_ns") <= ms("p50_ns") && ms("p50_ns") <= ms("max_ns"), "{close_wait}");
+    // Each tracer's program takes its own timestamps of a transition, one
+    // after the other: apart by scheduling noise only, which the emulated
+    // test VM makes milliseconds. So the extremes agree within that, and
+    // the median within a bucket (6.25 %) and that.
+    const NOISE_MS: f64 = 20.0;
+    assert!((ms("min_ns") - traced[0]).abs() < NOISE_MS, "{close_wait} vs {traced:?}");
+    assert!((ms("max_ns") - traced[CONNECTIONS - 1]).abs() < NOISE_MS, "{close_wait} vs {traced:?}");
+    let median = traced[(CONNECTIONS - 1) / 2];
+    assert!((ms("p50_ns") - median).abs() <= median * 0.0625 + NOISE_MS, "{close_wait} vs {traced:?}");
     // Summary mode: the kernel aggregated, and streamed only the closes and
     // the two transitions a timewait socket's reuse shows in: 4 of the 10
     // transitions of each connection.
     let total: u64 =
         report["transitions"].as_array().unwrap().iter().map(|t| t["count"].as_u64().unwrap()).sum();
-    assert_eq!(total, 60 + 2, "10 per connection, and the listener's two");
+    assert_eq!(total, 10 * CONNECTIONS as u64 + 2, "10 per connection, and the listener's two");
     // With the exact hooks, each timewait socket adds its making and the
     // FIN's arrival (it does not expire within the run).
-    let hooks = if expected_timewait_mode() == "fentry" { 6 * 2 } else { 0 };
-    assert_eq!(report["losses"]["events_received"], 6 * 4 + 1 + hooks, "and the listener's close");
+    let hooks = if expected_timewait_mode() == "fentry" { CONNECTIONS * 2 } else { 0 };
+    assert_eq!(report["losses"]["events_received"], CONNECTIONS * 4 + 1 + hooks, "and the listener's close");
     // Nothing is left open: the gauges came back to zero.
     assert_eq!(report["sockets"]["followed"], 0, "{}", report["sockets"]);
+}
+
+/// Opens `n` connections to a listener on `port` inside `ns`, all at once.
+/// Every client shuts down its sending side and waits in FIN_WAIT2; then
+/// every server closes, and each client hands over to a TIME_WAIT: `n`
+/// TIME_WAITs whose owner, this test process, was named at its shutdown.
+fn half_closed_connections(ns: &Netns, port: u16, n: usize) {
+    use std::{
+        io::Read as _,
+        net::{Shutdown, TcpListener, TcpStream},
+        os::fd::AsRawFd as _,
+    };
+    let path = format!("/run/netns/{}", ns.name);
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(path).unwrap();
+        // SAFETY: a valid fd; only this thread changes namespace.
+        assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let pairs: Vec<(TcpStream, TcpStream)> = (0..n)
+            .map(|_| {
+                let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                let (server, _) = listener.accept().unwrap();
+                (client, server)
+            })
+            .collect();
+        let timeout = Some(scaled(Duration::from_secs(10)));
+        for (client, server) in &pairs {
+            client.shutdown(Shutdown::Write).unwrap();
+            server.set_read_timeout(timeout).unwrap();
+            assert_eq!((&*server).read(&mut [0u8; 8]).unwrap(), 0);
+        }
+        for (client, server) in pairs {
+            drop(server);
+            client.set_read_timeout(timeout).unwrap();
+            assert_eq!((&client).read(&mut [0u8; 8]).unwrap(), 0);
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// A socket table far smaller than the sockets open at once evicts live
+/// sockets: the report counts them, and they explain every TIME_WAIT
+/// producer it could not name. The same traffic, watched with the default
+/// table, loses nothing.
+#[test]
+fn evicted_sockets_are_counted_and_explain_unknown_owners() {
+    if !kernel_tests_possible("evictions") {
+        return;
+    }
+    // 300 sockets open at once, in a table of 64: the clients waiting in
+    // FIN_WAIT2 are evicted, and their handovers to TIME_WAIT find no owner.
+    const CONNECTIONS: usize = 150;
+    let (tiny, default) = rerun_if_transitions_lost("evictions", || {
+        let ns = Netns::new("evict");
+        let port = unique_port();
+        let p = port.to_string();
+        let tiny =
+            CommandRun::start(&["stats", "--json", "--no-timewait", "--port", &p, "--max-sockets", "64"]);
+        let default = CommandRun::start(&["stats", "--json", "--no-timewait", "--port", &p]);
+        half_closed_connections(&ns, port, CONNECTIONS);
+        ns.wait_until_quiet();
+        let (tiny, default) = (tiny.stop(), default.stop());
+        // With evictions, a record updated in place can be reused for
+        // another socket meanwhile, which then shows a gap it did not have:
+        // only the default table's gaps, and skipped hits, mean lost
+        // transitions here.
+        let lost = default.lost().max(Lost { sockets_with_gaps: 0, ..tiny.lost() });
+        let parse = |out: &Finished| -> Value { serde_json::from_str(&out.stdout).unwrap() };
+        ((parse(&tiny), parse(&default)), lost)
+    });
+    let unknown_owners = |report: &Value| -> u64 {
+        let rows = report["time_wait"]["by_process"]["rows"].as_array().unwrap();
+        rows.iter().filter(|r| r["pid"].is_null()).map(|r| r["count"].as_u64().unwrap()).sum()
+    };
+    let ours = |report: &Value| -> u64 {
+        let rows = report["time_wait"]["by_process"]["rows"].as_array().unwrap();
+        rows.iter().filter(|r| r["pid"] == std::process::id()).map(|r| r["count"].as_u64().unwrap()).sum()
+    };
+    for report in [&tiny, &default] {
+        assert_eq!(report["time_wait"]["total"], CONNECTIONS, "{report}");
+        assert_eq!(report["losses"]["socket_insert_failed"], 0, "an LRU evicts rather than fails");
+        assert_eq!(ours(report) + unknown_owners(report), CONNECTIONS as u64, "{report}");
+    }
+    let evicted = tiny["losses"]["sockets_evicted"].as_u64().unwrap();
+    assert!(evicted > 0, "{}", tiny["losses"]);
+    let unknown = unknown_owners(&tiny);
+    assert!(unknown > 0 && unknown <= evicted, "{unknown} unknown owners, {evicted} sockets evicted");
+    assert_eq!(tiny["sockets"]["table_capacity"], 64);
+    assert!(tiny["sockets"]["table_entries"].as_u64().unwrap() <= 64);
+
+    assert_eq!(default["losses"]["sockets_evicted"], 0, "{}", default["losses"]);
+    assert_eq!(unknown_owners(&default), 0, "{default}");
+    assert!(default["sockets"]["table_capacity"].as_u64().unwrap() >= 65536);
 }

@@ -18,57 +18,73 @@ fn memory_stays_bounded_over_100k_connections() {
         return;
     }
     const CONNECTIONS: u64 = 100_000;
-    let ns = Netns::new("churn");
-    let port = unique_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut tracer = start_tracer(Filters { ports: vec![port], ..Default::default() });
-    let mut agg = Aggregator::new(DEFAULT_TABLE_CAP, 1 << 18);
-    let n = CONNECTIONS.to_string();
-    // The server closes first, so its TIME_WAITs spread over every client port.
-    let server = Peer::server(
-        &ns,
-        "tsp-churn-s",
-        &["server", "--listen", &addr, "--count", &n, "--close", "first", "--timeout", "300"],
-    );
-    let client = Peer::spawn(
-        &ns,
-        "tsp-churn-c",
-        false,
-        &["client", "--connect", &addr, "--count", &n, "--close", "second", "--timeout", "300"],
-    );
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut peak_sockets = 0;
-    while !client.exited() && Instant::now() < deadline {
-        tracer
-            .drain_transitions(|t| -> Result<(), ()> {
-                agg.observe(&t);
-                Ok(())
-            })
-            .unwrap();
-        peak_sockets = peak_sockets.max(agg.sockets.len());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    client.finish();
-    server.finish();
-    // The last connection's close can still be finishing in the kernel as
-    // the peers exit, and under this load a FIN can wait for a retransmit
-    // (seen once: one socket still in FIN_WAIT1 after 5 s): drain until
-    // every close is in (or skipped), for 15 s at most.
-    let settle = Instant::now() + Duration::from_secs(15);
-    loop {
-        tracer
-            .drain_transitions(|t| -> Result<(), ()> {
-                agg.observe(&t);
-                Ok(())
-            })
-            .unwrap();
-        let skipped = tracer.counters().unwrap().recursion_misses.unwrap_or(0);
-        if agg.closes.total() + agg.closes_unknown + skipped >= 2 * CONNECTIONS || Instant::now() > settle {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let counters = tracer.counters().unwrap();
+    // Skipped hits are expected at this load and accounted for below (each
+    // leaves at most one socket with a gap); sockets with gaps beyond them
+    // lost transitions the kernel did not report, and the scenario runs
+    // again.
+    let (agg, counters, peak_sockets, sockets_in_kernel) =
+        rerun_if_transitions_lost("memory_bounded", || {
+            let ns = Netns::new("churn");
+            let port = unique_port();
+            let addr = format!("127.0.0.1:{port}");
+            let mut tracer = start_tracer(Filters { ports: vec![port], ..Default::default() });
+            let mut agg = Aggregator::new(DEFAULT_TABLE_CAP, 1 << 18);
+            let n = CONNECTIONS.to_string();
+            // The server closes first, so its TIME_WAITs spread over every client port.
+            let server = Peer::server(
+                &ns,
+                "tsp-churn-s",
+                &["server", "--listen", &addr, "--count", &n, "--close", "first", "--timeout", "300"],
+            );
+            let client = Peer::spawn(
+                &ns,
+                "tsp-churn-c",
+                false,
+                &["client", "--connect", &addr, "--count", &n, "--close", "second", "--timeout", "300"],
+            );
+            let deadline = Instant::now() + scaled(Duration::from_secs(300));
+            let mut peak_sockets = 0;
+            while !client.exited() && Instant::now() < deadline {
+                tracer
+                    .drain_transitions(|t| -> Result<(), ()> {
+                        agg.observe(&t);
+                        Ok(())
+                    })
+                    .unwrap();
+                peak_sockets = peak_sockets.max(agg.sockets.len());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            client.finish();
+            server.finish();
+            // The last connection's close can still be finishing in the kernel as
+            // the peers exit, and under this load a FIN can wait for a retransmit
+            // (seen once: one socket still in FIN_WAIT1 after 5 s): drain until
+            // every close is in (or skipped), for 15 s at most.
+            let settle = Instant::now() + scaled(Duration::from_secs(15));
+            loop {
+                tracer
+                    .drain_transitions(|t| -> Result<(), ()> {
+                        agg.observe(&t);
+                        Ok(())
+                    })
+                    .unwrap();
+                let skipped = tracer.counters().unwrap().recursion_misses.unwrap_or(0);
+                if agg.closes.total() + agg.closes_unknown + skipped >= 2 * CONNECTIONS
+                    || Instant::now() > settle
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let counters = tracer.counters().unwrap();
+            let sockets_in_kernel = tracer.sockets_in_kernel().unwrap();
+            let skipped = counters.recursion_misses.unwrap_or(0);
+            let lost = Lost {
+                hits_skipped: 0,
+                sockets_with_gaps: counters.sockets_with_gaps.saturating_sub(skipped),
+            };
+            ((agg, counters, peak_sockets, sockets_in_kernel), lost)
+        });
     assert_eq!(counters.ringbuf_full, 0, "events dropped");
     // Under this churn the kernel skips about one tracepoint hit in a
     // million (a softirq arriving while the program runs on that CPU). It
@@ -90,7 +106,7 @@ fn memory_stays_bounded_over_100k_connections() {
     // Per-socket state went as sockets closed.
     assert_eq!(agg.sockets.len(), 0);
     assert!(peak_sockets < 1000, "peak {peak_sockets} sockets followed at once");
-    assert_eq!(tracer.sockets_in_kernel().unwrap(), 0);
+    assert_eq!(sockets_in_kernel, 0);
     // Every aggregate table is capped; the overflow is counted, not kept.
     assert_eq!(agg.time_wait_by_remote.len(), DEFAULT_TABLE_CAP);
     let (_, other) = agg.time_wait_by_remote.top(10, |v| *v);

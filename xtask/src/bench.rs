@@ -37,6 +37,9 @@ pub struct Options {
     /// Only the census comparison (tcpstate census against ss and netstat)
     #[arg(long)]
     census_only: bool,
+    /// Only the start-up cost (time to attach, peak RSS)
+    #[arg(long)]
+    attach_only: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -333,15 +336,16 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
     let _ = ip(&["netns", "del", NETNS]);
     ip(&["netns", "add", NETNS])?;
     ip(&["-n", NETNS, "link", "set", "lo", "up"])?;
-    let result =
-        if opts.census_only { Ok(serde_json::Value::Null) } else { measure(&tcpstate, &churn_bin, opts) };
+    let only = opts.census_only || opts.attach_only;
+    let result = if only { Ok(serde_json::json!({})) } else { measure(&tcpstate, &churn_bin, opts) };
     let _ = ip(&["netns", "del", NETNS]);
     let mut doc = result?;
-    let census = census(&tcpstate, &churn_bin, opts)?;
+    let attach = attach_cost(&tcpstate, opts.reps.max(5))?;
+    let census =
+        if opts.attach_only { serde_json::Value::Null } else { census(&tcpstate, &churn_bin, opts)? };
     if let Some(obj) = doc.as_object_mut() {
+        obj.insert("attach".into(), attach);
         obj.insert("census".into(), census);
-    } else {
-        doc = serde_json::json!({ "census": census });
     }
     let path = workspace_root().join(&opts.json);
     if let Some(dir) = path.parent() {
@@ -350,6 +354,41 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
     fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
     println!("results: {}", path.display());
     Ok(())
+}
+
+/// Start-up cost: from spawning each command to its start-up line (it is
+/// attached then), and the process's peak RSS; medians of `reps` runs.
+fn attach_cost(tcpstate: &Path, reps: usize) -> anyhow::Result<serde_json::Value> {
+    let commands: [&[&str]; 3] = [&["trace"], &["stats"], &["trace", "--no-timewait"]];
+    println!("\nstart-up, median of {reps}: {:<22} {:>10} {:>14}", "command", "attach ms", "peak RSS MiB");
+    let mut rows = Vec::new();
+    for command in commands {
+        let (mut times, mut rss) = (Vec::new(), Vec::new());
+        for _ in 0..reps {
+            let started = std::time::Instant::now();
+            let mut child = Command::new(tcpstate)
+                .args(command)
+                .args(["--port", &PORT.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()?;
+            let mut line = String::new();
+            BufReader::new(child.stderr.take().context("stderr")?).read_line(&mut line)?;
+            if !line.contains("Hit Ctrl-C") {
+                bail!("{command:?} did not start: {line}");
+            }
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let (_, usage) = wait_rusage(&child)?;
+            rss.push(usage.ru_maxrss as f64 / 1024.0);
+        }
+        let (ms, mib) = (median(times), median(rss));
+        let name = command.join(" ");
+        println!("{:>38} {ms:>10.0} {mib:>14.1}", name);
+        rows.push(serde_json::json!({ "command": name, "attach_ms": ms, "peak_rss_mib": mib }));
+    }
+    Ok(serde_json::Value::Array(rows))
 }
 
 fn measure(tcpstate: &Path, churn_bin: &Path, opts: &Options) -> anyhow::Result<serde_json::Value> {

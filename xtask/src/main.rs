@@ -37,13 +37,21 @@ enum Task {
     },
     /// Set up, then run every test: unit tests and real-kernel integration tests
     Test {
+        /// Run the host's tests N times (not the VM's), each run's output in
+        /// target/test-runs/, and print how many passed and the slowest attach
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+        repeat: Option<u32>,
         /// Extra arguments for `cargo test`
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Only the VM part of `test`: the real-kernel tests on Debian's 6.1
     /// kernel under QEMU, where fentry works
-    VmTest,
+    VmTest {
+        /// Boot and run the VM's tests N times, and print how many passed
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+        repeat: u32,
+    },
     /// rustfmt and clippy, host and eBPF sides
     Lint,
     /// Measure tracer overhead under connection churn (root; not a test)
@@ -56,8 +64,11 @@ fn main() -> ExitCode {
         Task::Setup => setup::setup().and_then(|()| vm::setup()),
         Task::Build => setup::setup().and_then(|()| build()).map(drop),
         Task::Run { args } => setup::setup().and_then(|()| build()).and_then(|bin| exec(&bin, &args)),
-        Task::Test { args } => setup::setup().and_then(|()| test(&args)),
-        Task::VmTest => setup::setup().and_then(|()| vm::setup()).and_then(|()| vm::vm_test()),
+        Task::Test { repeat: None, args } => setup::setup().and_then(|()| test(&args)),
+        Task::Test { repeat: Some(n), args } => setup::setup().and_then(|()| repeat_tests(n, &args)),
+        Task::VmTest { repeat } => {
+            setup::setup().and_then(|()| vm::setup()).and_then(|()| vm::vm_test_repeated(repeat))
+        }
         Task::Lint => setup::setup().and_then(|()| lint()),
         Task::Bench(opts) => setup::setup().and_then(|()| bench::bench(&opts)),
     };
@@ -112,14 +123,12 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     // As root, the real-kernel tests must run: a skip would hide a failure.
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let mut cmd = cargo();
-    cmd.args(["test", "--workspace"]).args(args);
     if root {
-        cmd.env("TCPSTATE_REQUIRE_KERNEL_TESTS", "1");
+        run_cmd(&mut host_tests(args))?;
     } else {
         println!("xtask: not root, so the real-kernel tests will skip");
+        run_cmd(cargo().args(["test", "--workspace"]).args(args))?;
     }
-    run_cmd(&mut cmd)?;
     // With extra arguments this is a selective run; the VM runs everything.
     if !root || !args.is_empty() {
         println!("xtask: the VM matrix runs as root, with `cargo xtask test` or `cargo xtask vm-test`");
@@ -127,6 +136,70 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     }
     vm::setup()?;
     vm::vm_test()
+}
+
+/// `cargo test --workspace` as root, with every real-kernel test required.
+fn host_tests(args: &[String]) -> Command {
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"]).args(args).env("TCPSTATE_REQUIRE_KERNEL_TESTS", "1");
+    cmd
+}
+
+/// Runs the host's tests `n` times, each run's output to a file, and
+/// reports the passes and the slowest attach any command took.
+fn repeat_tests(n: u32, args: &[String]) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("--repeat runs the real-kernel tests: run it as root");
+    }
+    // Built once, so that the runs time the tests alone.
+    run_cmd(cargo().args(["test", "--workspace", "--no-run"]).args(args))?;
+    let dir = workspace_root().join("target/test-runs");
+    std::fs::create_dir_all(&dir)?;
+    let attach_log = dir.join("attach.log");
+    let _ = std::fs::remove_file(&attach_log);
+    let mut passed = 0;
+    for run in 1..=n {
+        let log = dir.join(format!("run-{run}.log"));
+        let out = std::fs::File::create(&log)?;
+        let started = std::time::Instant::now();
+        let status = host_tests(args)
+            .env("TCPSTATE_TEST_ATTACH_LOG", &attach_log)
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .status()?;
+        let verdict = if status.success() { "passed" } else { "FAILED" };
+        passed += u32::from(status.success());
+        let reruns = std::fs::read_to_string(&log)?.matches("so the scenario runs again").count();
+        println!(
+            "xtask: run {run}/{n} {verdict} in {:.0?} ({reruns} scenarios rerun after skipped hits), log {}",
+            started.elapsed(),
+            log.display()
+        );
+    }
+    println!(
+        "xtask: {passed} of {n} runs passed; {}",
+        slowest_attach(&std::fs::read_to_string(&attach_log).unwrap_or_default())
+    );
+    if passed < n {
+        bail!("{} of {n} runs failed", n - passed);
+    }
+    Ok(())
+}
+
+/// "slowest attach: 0.31 s (stats), of 240" from lines of "COMMAND SECONDS".
+pub fn slowest_attach(log: &str) -> String {
+    let times: Vec<(f64, &str)> = log
+        .lines()
+        .filter_map(|l| {
+            let (command, secs) = l.trim().rsplit_once(' ')?;
+            Some((secs.parse().ok()?, command))
+        })
+        .collect();
+    match times.iter().max_by(|a, b| a.0.total_cmp(&b.0)) {
+        Some((secs, command)) => format!("slowest attach: {secs:.2} s ({command}), of {}", times.len()),
+        None => "no attach times recorded".into(),
+    }
 }
 
 fn lint() -> anyhow::Result<()> {

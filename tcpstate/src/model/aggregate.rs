@@ -223,7 +223,7 @@ fn histogram() -> Histogram<u64> {
 
 /// Whether this transition is a connection entering TIME_WAIT: the active
 /// (or simultaneous) closer's full socket handing over to a timewait socket
-/// (kernel-notes §4).
+/// (docs/ARCHITECTURE.md, "Timewait sockets").
 pub fn enters_time_wait(t: &Transition) -> bool {
     tcpstate_ebpf::hands_over_to_timewait(
         t.old.0,
@@ -402,6 +402,7 @@ pub(crate) mod tests {
             owner: Some(Owner { pid: 7, comm: Comm::from("nginx"), from_listener: false }),
             close,
             netns: 1,
+            gap: None,
         }
     }
 

@@ -62,6 +62,14 @@ pub struct KernelCounters {
     /// Events lost because the ring buffer was full.
     pub ringbuf_full: u64,
     pub socket_insert_failed: u64,
+    /// Sockets seen to have missed transitions (the kernel skipped hits).
+    pub sockets_with_gaps: u64,
+    /// Live sockets the socket table forgot to make room (an LRU evicts
+    /// instead of failing): their later transitions lose owner and timing.
+    pub sockets_evicted: u64,
+    /// Sockets in the kernel's table now, and its capacity.
+    pub sockets_in_table: u64,
+    pub socket_table_capacity: u64,
     /// Tracepoint records the program could not read.
     pub read_failed: u64,
     /// Tracepoint hits the kernel skipped; `None` where it does not say.
@@ -85,6 +93,11 @@ impl KernelCounters {
             transitions: self.transitions.iter().map(|(k, &n)| (*k, n.saturating_sub(before(k)))).collect(),
             ringbuf_full: self.ringbuf_full.saturating_sub(earlier.ringbuf_full),
             socket_insert_failed: self.socket_insert_failed.saturating_sub(earlier.socket_insert_failed),
+            sockets_with_gaps: self.sockets_with_gaps.saturating_sub(earlier.sockets_with_gaps),
+            sockets_evicted: self.sockets_evicted.saturating_sub(earlier.sockets_evicted),
+            // Levels, not counts.
+            sockets_in_table: self.sockets_in_table,
+            socket_table_capacity: self.socket_table_capacity,
             read_failed: self.read_failed.saturating_sub(earlier.read_failed),
             recursion_misses: self
                 .recursion_misses
@@ -111,8 +124,15 @@ impl fmt::Display for KernelCounters {
         write!(
             f,
             "events received {}, dropped (ring buffer full) {}, socket-table insert failures {}, \
-             unreadable records {}, tracepoint hits skipped by the kernel {}",
-            self.received, self.ringbuf_full, self.socket_insert_failed, self.read_failed, skipped
+             unreadable records {}, tracepoint hits skipped by the kernel {}, \
+             sockets with missed transitions {}, live sockets evicted from the socket table {}",
+            self.received,
+            self.ringbuf_full,
+            self.socket_insert_failed,
+            self.read_failed,
+            skipped,
+            self.sockets_with_gaps,
+            self.sockets_evicted
         )?;
         if self.malformed > 0 {
             write!(f, ", malformed records {}", self.malformed)?;
@@ -139,6 +159,7 @@ mod tests {
         assert!(lines[3].starts_with("total") && lines[3].ends_with(" 8"));
         assert!(lines[4].contains("dropped (ring buffer full) 3"));
         assert!(lines[4].contains("skipped by the kernel 0"));
+        assert!(lines[4].contains("sockets with missed transitions 0"));
     }
 
     #[test]

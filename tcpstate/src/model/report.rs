@@ -181,6 +181,10 @@ pub struct Sockets {
     pub followed: u64,
     /// Sockets seen but not followed because the table was full.
     pub untracked: u64,
+    /// The kernel's socket table, which follows every TCP socket (filtered
+    /// or not): entries now, and its capacity (`--max-sockets`).
+    pub table_entries: u64,
+    pub table_capacity: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -199,6 +203,11 @@ pub struct Losses {
     pub unreadable_records: u64,
     /// Tracepoint hits the kernel skipped (another BPF program was running).
     pub tracepoint_hits_skipped: Option<u64>,
+    /// Sockets whose life has a hole: a transition the kernel skipped.
+    pub sockets_with_missed_transitions: u64,
+    /// Live sockets the kernel's socket table forgot to make room for
+    /// others; their later transitions have no owner or timing.
+    pub sockets_evicted: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -287,6 +296,8 @@ impl Report {
                         .collect(),
                     followed: agg.sockets.len() as u64,
                     untracked: agg.sockets.untracked,
+                    table_entries: counters.sockets_in_table,
+                    table_capacity: counters.socket_table_capacity,
                 },
                 // The kernel's socket table is the one that follows them.
                 Some(k) => {
@@ -299,6 +310,8 @@ impl Report {
                             .collect(),
                         followed: TcpState::LIFECYCLE.iter().map(|&s| count(s)).sum(),
                         untracked: counters.socket_insert_failed,
+                        table_entries: counters.sockets_in_table,
+                        table_capacity: counters.socket_table_capacity,
                     }
                 }
             },
@@ -313,6 +326,8 @@ impl Report {
                 socket_insert_failed: counters.socket_insert_failed,
                 unreadable_records: counters.read_failed,
                 tracepoint_hits_skipped: counters.recursion_misses,
+                sockets_with_missed_transitions: counters.sockets_with_gaps,
+                sockets_evicted: counters.sockets_evicted,
             },
             tcpext: Default::default(),
         }

@@ -1,7 +1,7 @@
 //! Following connections through their timewait sockets.
 //!
 //! The tracepoint loses a connection when its active closer's full socket
-//! hands over to a timewait socket (kernel-notes §4): it shows only
+//! hands over to a timewait socket (docs/ARCHITECTURE.md, "Timewait sockets"): it shows only
 //! FIN_WAIT1/FIN_WAIT2/CLOSING → CLOSE. From then on sock_diag dumps show the
 //! timewait socket with its substate and the time left on its timer:
 //! - the substate change FIN_WAIT2 → TIME_WAIT re-arms the timer to 60 s,

@@ -50,7 +50,7 @@ impl fmt::Display for TcpState {
     }
 }
 
-/// Which side closed the connection (kernel-notes §3; the rules live in the ABI crate).
+/// Which side closed the connection (docs/ARCHITECTURE.md, "Close side"; the rules live in the ABI crate).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CloseSide {
     Active,
@@ -192,6 +192,9 @@ pub struct Transition {
     pub close: Option<CloseSide>,
     /// Inode of the socket's network namespace; 0 when unknown.
     pub netns: u32,
+    /// The kernel skipped some of this socket's transitions just before
+    /// this one: the state its table last saw (`old` was entered unseen).
+    pub gap: Option<TcpState>,
 }
 
 /// v4-mapped IPv6 addresses are shown as IPv4, as `ss` does.
@@ -243,6 +246,7 @@ impl Transition {
             owner,
             close: CloseSide::from_raw(raw.close),
             netns: raw.netns,
+            gap: (raw.flags & abi::FLAG_GAP != 0).then_some(TcpState(raw.last_state)),
         }
     }
 }
@@ -275,7 +279,8 @@ pub(crate) mod tests {
             close: abi::CLOSE_ACTIVE,
             flags: abi::FLAG_OWNER_KNOWN | abi::FLAG_FROM_START,
             netns: 4026531840,
-            _pad: [0; 6],
+            last_state: abi::TCP_ESTABLISHED,
+            _pad: [0; 5],
         }
     }
 
@@ -297,6 +302,20 @@ pub(crate) mod tests {
         assert_eq!(t.close, Some(CloseSide::Active));
         assert_eq!(t.owner, Some(Owner { pid: 4242, comm: "curl".into(), from_listener: false }));
         assert!(t.seen_from_start);
+        assert_eq!(t.gap, None);
+    }
+
+    #[test]
+    fn decodes_a_gap_with_the_state_last_seen() {
+        let mut raw = raw_event();
+        raw.oldstate = abi::TCP_FIN_WAIT2;
+        raw.newstate = abi::TCP_CLOSE;
+        raw.last_state = abi::TCP_ESTABLISHED;
+        raw.in_old_state_ns = abi::DURATION_UNKNOWN;
+        raw.flags |= abi::FLAG_GAP | abi::FLAG_HAD_GAP;
+        let t = Transition::from_raw(&raw);
+        assert_eq!(t.gap, Some(TcpState::ESTABLISHED));
+        assert_eq!(t.in_old_state_ns, None);
     }
 
     #[test]

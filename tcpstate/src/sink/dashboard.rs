@@ -242,6 +242,18 @@ pub fn draw(frame: &mut Frame<'_>, v: &View) {
     } else {
         spans.push(Span::raw("dropped 0"));
     }
+    let warn = Style::new().fg(Color::Black).bg(Color::Yellow);
+    if r.losses.sockets_evicted > 0 {
+        spans.push(
+            Span::raw(format!(" EVICTED {} (raise --max-sockets) ", r.losses.sockets_evicted)).style(warn),
+        );
+    }
+    if r.losses.sockets_with_missed_transitions > 0 {
+        spans.push(
+            Span::raw(format!(" missed transitions {} ", r.losses.sockets_with_missed_transitions))
+                .style(warn),
+        );
+    }
     frame.render_widget(Paragraph::new(Line::from(spans)), title);
 
     let [states, rates, sides] =

@@ -12,7 +12,10 @@ use bytes::{BufMut as _, BytesMut};
 
 use super::{BatchWriter, Sink};
 use crate::model::timewait::TwEvent;
-use crate::model::{clock::Clock, transition::Transition};
+use crate::model::{
+    clock::Clock,
+    transition::{TcpState, Transition},
+};
 
 /// Writes JSON Lines by hand: this is the per-event hot path, and serde's
 /// escaping of fixed ASCII keys and values cost a third of the tracer's CPU.
@@ -192,6 +195,9 @@ impl<W: Write> Sink for JsonSink<W> {
             })
             .raw(",\"close\":")
             .quoted(t.close.map(|c| c.name()))
+            .raw(if t.gap.is_some() { ",\"gap\":true" } else { ",\"gap\":false" })
+            .raw(",\"last_seen_state\":")
+            .quoted(t.gap.map(TcpState::name))
             .raw("}\n");
         Ok(())
     }
@@ -299,11 +305,29 @@ mod tests {
             "in_old_state_ns": 1_500_000,
             "pid": 4242, "comm": "curl", "owner_from_listener": false,
             "close": "active",
+            "gap": false, "last_seen_state": null,
         });
         assert_eq!(rows[0], expected);
         for key in ["in_old_state_ns", "pid", "comm", "close", "owner_from_listener"] {
             assert!(rows[1][key].is_null(), "{key} should be null");
         }
+    }
+
+    #[test]
+    fn a_gap_is_flagged_with_the_state_last_seen() {
+        let mut raw = raw_event();
+        (raw.oldstate, raw.newstate, raw.last_state) =
+            (tcpstate_ebpf::TCP_FIN_WAIT2, tcpstate_ebpf::TCP_CLOSE, tcpstate_ebpf::TCP_ESTABLISHED);
+        raw.in_old_state_ns = tcpstate_ebpf::DURATION_UNKNOWN;
+        raw.flags |= tcpstate_ebpf::FLAG_GAP;
+        let mut sink = JsonSink::new(Vec::new(), Clock::with_offset(0));
+        sink.transition(&Transition::from_raw(&raw)).unwrap();
+        sink.flush().unwrap();
+        let row: serde_json::Value = serde_json::from_slice(&sink.into_inner()).unwrap();
+        assert_eq!(row["gap"], true);
+        assert_eq!(row["last_seen_state"], "ESTABLISHED");
+        assert_eq!(row["old_state"], "FIN_WAIT2");
+        assert!(row["in_old_state_ns"].is_null());
     }
 
     #[test]

@@ -151,6 +151,7 @@ pub fn render(out: &mut impl Write, r: &Report) -> fmt::Result {
         write!(out, "  (not followed, table full: {})", s.untracked)?;
     }
     writeln!(out)?;
+    writeln!(out, "Socket table (every TCP socket): {} of {} entries", s.table_entries, s.table_capacity)?;
 
     writeln!(out, "\nTransitions (kernel counters)")?;
     for t in &r.transitions {
@@ -164,6 +165,12 @@ pub fn render(out: &mut impl Write, r: &Report) -> fmt::Result {
         out,
         "\nEvents: received {}, dropped {}, socket-table insert failures {}, unreadable {}, tracepoint hits skipped {}{warn}",
         l.events_received, l.events_dropped, l.socket_insert_failed, l.unreadable_records, skipped
+    )?;
+    let warn = if l.sockets_evicted > 0 { "  ** raise --max-sockets **" } else { "" };
+    writeln!(
+        out,
+        "Sockets with missed transitions {}, live sockets evicted from the socket table {}{warn}",
+        l.sockets_with_missed_transitions, l.sockets_evicted
     )?;
     if !r.tcpext.is_empty() {
         write!(out, "Kernel TcpExt counters over the session (tcpstate's namespace):")?;

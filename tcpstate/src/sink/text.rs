@@ -72,7 +72,12 @@ pub fn format_line(
         t.saddr, t.sport, t.daddr, t.dport, t.old, t.new,
     )?;
     duration(out, t.in_old_state_ns)?;
-    writeln!(out, " {}", t.close.map_or("-", |c| c.name()))
+    write!(out, " {}", t.close.map_or("-", |c| c.name()))?;
+    match t.gap {
+        // The kernel skipped transitions between these two states.
+        Some(seen) => writeln!(out, " [missed transitions after {seen}]"),
+        None => writeln!(out),
+    }
 }
 
 fn duration(out: &mut impl std::fmt::Write, ns: Option<u64>) -> std::fmt::Result {
@@ -153,6 +158,23 @@ mod tests {
         );
         assert!(lines[2].contains("      - -               127.0.0.1"), "{}", lines[2]);
         assert!(lines[2].ends_with("         - -"), "{}", lines[2]);
+    }
+
+    #[test]
+    fn a_gap_is_marked() {
+        let mut raw = raw_event();
+        raw.last_state = tcpstate_ebpf::TCP_SYN_SENT;
+        raw.in_old_state_ns = tcpstate_ebpf::DURATION_UNKNOWN;
+        raw.flags |= tcpstate_ebpf::FLAG_GAP;
+        let mut line = String::new();
+        format_line(&mut line, &Transition::from_raw(&raw), &Clock::with_offset(0), address_width(true))
+            .unwrap();
+        assert!(
+            line.ends_with(
+                "ESTABLISHED  -> FIN_WAIT1             - active [missed transitions after SYN_SENT]\n"
+            ),
+            "{line}"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The exact timewait hooks: optional fentry programs on the kernel's
-//! timewait functions (kernel-notes §4). Each is detected and attached on
+//! timewait functions (docs/ARCHITECTURE.md, "Timewait sockets"). Each is detected and attached on
 //! its own, and whatever fails falls back to sock_diag polling:
 //! - the schedule hook measures entry substates and FIN arrivals;
 //! - the timer and deschedule hooks, together, measure ends.
@@ -59,7 +59,9 @@ impl Hooks {
 
 /// Loads and attaches every hook it can, one at a time.
 pub fn attach(ebpf: &mut Ebpf, kernel: Option<&KernelBtf>) -> Hooks {
-    let in_kallsyms = kallsyms_has(&TW_PROGRAMS.map(|(_, f)| f));
+    // Scanning /proc/kallsyms takes ~50 ms (120k lines): only to explain a
+    // failure the kernel did not refuse outright.
+    let mut in_kallsyms = None;
     // aya's BTF parser builds every kernel type (tens of MiB, briefly): only
     // when some hook could attach.
     let mut btf = None;
@@ -71,8 +73,14 @@ pub fn attach(ebpf: &mut Ebpf, kernel: Option<&KernelBtf>) -> Hooks {
                 None => Some("no kernel BTF".to_string()),
                 Some(k) if k.tw.is_err() => k.tw.clone().err(),
                 Some(k) if !k.tw_functions[i] => Some("not in the kernel's BTF".into()),
-                Some(_) if !in_kallsyms[i] => Some("not in /proc/kallsyms (inlined or renamed)".into()),
-                Some(_) => load(ebpf, program, function, &mut btf).err().map(|e| format!("{e:#}")),
+                Some(_) => load(ebpf, program, function, &mut btf).err().map(|e| {
+                    let names = TW_PROGRAMS.map(|(_, f)| f);
+                    if !not_permitted(&e) && !in_kallsyms.get_or_insert_with(|| kallsyms_has(&names))[i] {
+                        "not in /proc/kallsyms (inlined or renamed)".into()
+                    } else {
+                        format!("{e:#}")
+                    }
+                }),
             };
             HookStatus { function, error }
         })
@@ -92,6 +100,14 @@ fn load(ebpf: &mut Ebpf, program: &str, function: &str, btf: &mut Option<Btf>) -
     p.load(function, btf)?;
     p.attach()?;
     Ok(())
+}
+
+/// Whether the kernel refused the program outright (EPERM: fentry is not
+/// allowed here), which no symbol lookup would explain better.
+fn not_permitted(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::EPERM))
+    }) || format!("{e:#}").contains("(os error 1)")
 }
 
 /// Whether each function is a text symbol in /proc/kallsyms (an inlined

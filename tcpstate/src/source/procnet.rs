@@ -25,6 +25,24 @@ pub fn tcpext() -> BTreeMap<String, u64> {
     all.into_iter().filter(|(k, _)| TCPEXT_KEYS.contains(&k.as_str())).collect()
 }
 
+/// Full TCP sockets allocated on the whole host, every namespace included
+/// (`alloc` in /proc/net/sockstat, a global count; timewait sockets are
+/// not in it).
+pub fn tcp_sockets_allocated() -> Option<u64> {
+    parse_sockstat_alloc(&fs::read_to_string("/proc/net/sockstat").ok()?)
+}
+
+fn parse_sockstat_alloc(sockstat: &str) -> Option<u64> {
+    let fields = sockstat.lines().find_map(|l| l.strip_prefix("TCP: "))?;
+    let mut words = fields.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == "alloc" {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
+}
+
 /// How much each counter grew between two readings.
 pub fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     after.iter().map(|(k, v)| (k.clone(), v.saturating_sub(before.get(k).copied().unwrap_or(0)))).collect()
@@ -93,6 +111,13 @@ pub fn read_knob(root: &Path, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sockstat_alloc() {
+        let text = "sockets: used 10\nTCP: inuse 1 orphan 0 tw 3 alloc 17 mem 97\nUDP: inuse 0 mem 0\n";
+        assert_eq!(parse_sockstat_alloc(text), Some(17));
+        assert_eq!(parse_sockstat_alloc("TCP: inuse 1\n"), None);
+    }
 
     #[test]
     fn parses_tcpext() {

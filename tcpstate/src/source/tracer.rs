@@ -75,8 +75,9 @@ pub struct TracerOptions {
     pub filters: Filters,
     /// Ring buffer size in bytes: a power of two, at least one page.
     pub ring_bytes: u32,
-    /// Capacity of the kernel's socket table (an LRU hash).
-    pub max_sockets: u32,
+    /// Capacity of the kernel's socket table (an LRU hash); `None` sizes it
+    /// from the sockets the host holds at start.
+    pub max_sockets: Option<u32>,
     /// Try the exact timewait hooks (fentry), where the kernel allows them.
     pub timewait_hooks: bool,
     /// `tcpstate_ebpf::STREAM_*` bits: 0 streams every transition; summary
@@ -86,7 +87,17 @@ pub struct TracerOptions {
 
 impl TracerOptions {
     pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
-    pub const DEFAULT_MAX_SOCKETS: u32 = 65536;
+    /// The socket table's smallest default size, and its largest.
+    pub const MIN_DEFAULT_SOCKETS: u32 = 65536;
+    pub const MAX_SOCKETS: u32 = 16 << 20;
+
+    /// Room for twice the full sockets the host holds now (a full LRU table
+    /// evicts live sockets), as a power of two, at least
+    /// [`Self::MIN_DEFAULT_SOCKETS`]: 64k entries take about 6 MiB.
+    pub fn default_max_sockets(sockets_now: Option<u64>) -> u32 {
+        let wanted = sockets_now.unwrap_or(0).saturating_mul(2).min(u64::from(Self::MAX_SOCKETS)) as u32;
+        wanted.next_power_of_two().clamp(Self::MIN_DEFAULT_SOCKETS, Self::MAX_SOCKETS)
+    }
 
     /// The reader is woken once a quarter of the ring is waiting; otherwise
     /// it drains every `POLL_INTERVAL`. At 400k events/s (about the most
@@ -101,7 +112,7 @@ impl Default for TracerOptions {
         Self {
             filters: Filters::default(),
             ring_bytes: Self::DEFAULT_RING_BYTES,
-            max_sockets: Self::DEFAULT_MAX_SOCKETS,
+            max_sockets: None,
             timewait_hooks: false,
             stream: 0,
         }
@@ -128,6 +139,8 @@ pub struct Tracer {
     hooks: Hooks,
     /// Whether the kernel aggregates (summary mode).
     summary: bool,
+    /// The socket table's capacity.
+    max_sockets: u32,
     received: u64,
     malformed: u64,
 }
@@ -157,12 +170,19 @@ impl Tracer {
             },
             filters: opts.filters.bits(),
         };
+        let max_sockets = opts.max_sockets.unwrap_or_else(|| {
+            let now = super::procnet::tcp_sockets_allocated();
+            let chosen = TracerOptions::default_max_sockets(now);
+            let now = now.map_or("unknown".into(), |n| n.to_string());
+            log::info!("socket table: {chosen} entries (TCP sockets on the host at start: {now})");
+            chosen
+        });
         let mut ebpf = EbpfLoader::new()
             // A plain tracepoint needs no kernel BTF; don't parse it.
             .btf(None)
             .override_global(abi::GLOBAL_CONFIG, &config, true)
             .map_max_entries(abi::MAP_EVENTS, opts.ring_bytes)
-            .map_max_entries(abi::MAP_SOCKETS, opts.max_sockets)
+            .map_max_entries(abi::MAP_SOCKETS, max_sockets)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object")?;
         let logger = match EbpfLogger::init(&mut ebpf) {
@@ -194,6 +214,7 @@ impl Tracer {
             ebpf,
             hooks,
             summary: opts.stream & abi::STREAM_SUMMARY != 0,
+            max_sockets,
             received: 0,
             malformed: 0,
         })
@@ -248,6 +269,19 @@ impl Tracer {
         Ok(table.keys().filter(Result::is_ok).count())
     }
 
+    /// Overwrites the state the socket table last saw for `skaddr`, so that
+    /// the table disagrees with the kernel as after a skipped hit.
+    #[cfg(feature = "test-support")]
+    pub fn forget_transition(&mut self, skaddr: u64, seen: TcpState) -> anyhow::Result<()> {
+        let map =
+            self.ebpf.map_mut(abi::MAP_SOCKETS).ok_or_else(|| anyhow!("map {} missing", abi::MAP_SOCKETS))?;
+        let mut table: HashMap<_, u64, abi::SockRecord> = HashMap::try_from(map)?;
+        let mut record = table.get(&skaddr, 0)?;
+        record.state = seen.0;
+        table.insert(skaddr, record, 0)?;
+        Ok(())
+    }
+
     /// Summary mode's histograms and gauges, summed over the CPUs.
     fn kernel_summary(&self) -> anyhow::Result<KernelSummary> {
         let map = |name: &str| self.ebpf.map(name).ok_or_else(|| anyhow!("map {name} missing"));
@@ -294,6 +328,14 @@ impl Tracer {
         out.ringbuf_full = sum(&counters, abi::COUNTER_RINGBUF_FULL)?;
         out.socket_insert_failed = sum(&counters, abi::COUNTER_SOCKET_INSERT_FAILED)?;
         out.read_failed = sum(&counters, abi::COUNTER_READ_FAILED)?;
+        out.sockets_with_gaps = sum(&counters, abi::COUNTER_SOCKETS_WITH_GAPS)?;
+        // In this order, sockets added or removed while the table is counted
+        // can only make the eviction count low, never invent one.
+        let inserted = sum(&counters, abi::COUNTER_SOCKETS_INSERTED)?;
+        out.sockets_in_table = self.sockets_in_kernel()? as u64;
+        let removed = sum(&counters, abi::COUNTER_SOCKETS_REMOVED)?;
+        out.sockets_evicted = inserted.saturating_sub(removed).saturating_sub(out.sockets_in_table);
+        out.socket_table_capacity = u64::from(self.max_sockets);
         out.received = self.received;
         out.malformed = self.malformed;
         if self.summary {
@@ -409,5 +451,14 @@ mod tests {
         assert_eq!(roles[&80], abi::PORT_AS_LOCAL | abi::PORT_AS_EITHER);
         assert_eq!(roles[&443], abi::PORT_AS_EITHER);
         assert_eq!(Filters::default().bits(), 0);
+    }
+
+    #[test]
+    fn socket_table_default_grows_with_the_host() {
+        let size = TracerOptions::default_max_sockets;
+        assert_eq!(size(None), 65536);
+        assert_eq!(size(Some(100)), 65536);
+        assert_eq!(size(Some(40_000)), 131_072);
+        assert_eq!(size(Some(u64::MAX)), 16 << 20);
     }
 }
