@@ -105,11 +105,15 @@ pub fn rerun_if_transitions_lost<T>(test: &str, mut scenario: impl FnMut() -> (T
         if !lost.any() {
             return seen;
         }
-        eprintln!(
+        // Straight to the process's stderr, past the test harness's capture:
+        // a rerun is said even when the test then passes.
+        let _ = writeln!(
+            std::io::stderr(),
             "{test}: transitions were lost during run {run} of {RUNS_WHEN_TRANSITIONS_LOST} ({} tracepoint hits \
              skipped by the kernel, {} sockets with missed transitions); exact counts would be short, so the \
              scenario runs again",
-            lost.hits_skipped, lost.sockets_with_gaps
+            lost.hits_skipped,
+            lost.sockets_with_gaps
         );
     }
     panic!("{test}: transitions were lost in all {RUNS_WHEN_TRANSITIONS_LOST} runs");
@@ -213,7 +217,8 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Starts a peer in `netns` named `name`; with `wait_go` it waits for [`Peer::go`].
+    /// Starts a peer in `netns` named `name`; with `wait_go` it waits for
+    /// [`Peer::go`] (as a client with `--close-on-go`, before closing).
     pub fn spawn(netns: &Netns, name: &str, wait_go: bool, args: &[&str]) -> Self {
         let mut cmd = Command::new(peer_exe());
         cmd.args(["--netns", &netns.name, "--name", name]);

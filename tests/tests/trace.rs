@@ -1,7 +1,7 @@
 //! `tcpstate trace` against the real kernel: each test runs its own
 //! namespace and peers, and filters the global tracepoint on its own ports.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use tcpstate::{
     model::transition::{CloseSide, Family, TcpState, Transition},
@@ -327,20 +327,18 @@ fn h_missed_transition_is_flagged() {
     if !kernel_tests_possible("h_missed_transition") {
         return;
     }
-    // Long enough for the test to see the connect and edit the table before
-    // the client closes (scaled like every deadline).
-    let hold = scaled(Duration::from_secs(1)).as_millis().to_string();
     let (events, counters) = rerun_if_transitions_lost("h_missed_transition", || {
         let ns = Netns::new("h");
         let port = unique_port();
         let addr = format!("127.0.0.1:{port}");
         let mut tracer = start_tracer(ports(&[port]));
         let server = Peer::server(&ns, "tsp-hsrv", &["server", "--listen", &addr, "--close", "second"]);
-        let client = Peer::spawn(
+        // It closes once the test has edited the table.
+        let mut client = Peer::spawn(
             &ns,
             "tsp-hcli",
             false,
-            &["client", "--connect", &addr, "--close", "first", "--hold-ms", &hold],
+            &["client", "--connect", &addr, "--close", "first", "--close-on-go"],
         );
         let connected = collect(&mut tracer, |e| {
             e.iter().any(|t| t.old == TcpState::SYN_SENT && t.new == TcpState::ESTABLISHED)
@@ -351,6 +349,7 @@ fn h_missed_transition_is_flagged() {
             // As if SYN_SENT -> ESTABLISHED had been skipped.
             tracer.forget_transition(skaddr, TcpState::SYN_SENT).expect("edit the socket table");
         }
+        client.go();
         client.finish();
         server.finish();
         let rest = collect(&mut tracer, |e| {

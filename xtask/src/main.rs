@@ -172,7 +172,7 @@ fn repeat_tests(n: u32, args: &[String]) -> anyhow::Result<()> {
         passed += u32::from(status.success());
         let reruns = std::fs::read_to_string(&log)?.matches("so the scenario runs again").count();
         println!(
-            "xtask: run {run}/{n} {verdict} in {:.0?} ({reruns} scenarios rerun after skipped hits), log {}",
+            "xtask: run {run}/{n} {verdict} in {:.0?} ({reruns} scenario runs repeated after lost transitions), log {}",
             started.elapsed(),
             log.display()
         );

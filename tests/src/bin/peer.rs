@@ -65,6 +65,9 @@ enum Role {
         /// Connect from this local port every time (SO_REUSEADDR)
         #[arg(long)]
         bind_port: Option<u16>,
+        /// Once connected, wait for a line on stdin before closing
+        #[arg(long)]
+        close_on_go: bool,
     },
 }
 
@@ -79,8 +82,6 @@ enum CloseMode {
     /// Shut down while the peer does too, so both FINs cross
     Simultaneous,
 }
-
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn enter_netns(name: &str) -> anyhow::Result<()> {
     let file = std::fs::File::open(format!("/run/netns/{name}")).with_context(|| format!("netns {name}"))?;
@@ -158,7 +159,23 @@ fn small_buffers(sock: &Socket) -> io::Result<()> {
     sock.set_recv_buffer_size(16384)
 }
 
-fn server(listen: SocketAddr, count: u32, mode: CloseMode, hold: Duration) -> anyhow::Result<()> {
+/// Waits for "go" on stdin.
+fn wait_go() -> anyhow::Result<()> {
+    let mut line = String::new();
+    io::stdin().lock().read_line(&mut line)?;
+    if line.trim() != "go" {
+        bail!("expected 'go' on stdin");
+    }
+    Ok(())
+}
+
+fn server(
+    listen: SocketAddr,
+    count: u32,
+    mode: CloseMode,
+    hold: Duration,
+    io_timeout: Duration,
+) -> anyhow::Result<()> {
     let sock = Socket::new(Domain::for_address(listen), Type::STREAM, None)?;
     sock.set_reuse_address(true)?;
     if matches!(mode, CloseMode::Simultaneous) {
@@ -166,26 +183,31 @@ fn server(listen: SocketAddr, count: u32, mode: CloseMode, hold: Duration) -> an
     }
     sock.bind(&listen.into())?;
     sock.listen(128)?;
-    sock.set_read_timeout(Some(IO_TIMEOUT))?;
+    sock.set_read_timeout(Some(io_timeout))?;
     println!("ready");
     io::stdout().flush()?;
     for _ in 0..count {
         let (conn, _) = sock.accept().context("accept")?;
         let stream: TcpStream = conn.into();
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_read_timeout(Some(io_timeout))?;
         finish(stream, mode, hold)?;
     }
     Ok(())
 }
 
-fn client(
+struct ClientPlan {
     connect: SocketAddr,
     count: u32,
     mode: CloseMode,
     hold: Duration,
     pause: Duration,
     bind_port: Option<u16>,
-) -> anyhow::Result<()> {
+    close_on_go: bool,
+    io_timeout: Duration,
+}
+
+fn client(plan: ClientPlan) -> anyhow::Result<()> {
+    let ClientPlan { connect, count, mode, hold, pause, bind_port, close_on_go, io_timeout } = plan;
     println!("ready");
     io::stdout().flush()?;
     for _ in 0..count {
@@ -198,9 +220,12 @@ fn client(
             let local = SocketAddr::new(connect.ip(), port);
             sock.bind(&local.into()).context("bind")?;
         }
-        sock.connect_timeout(&connect.into(), IO_TIMEOUT).context("connect")?;
+        sock.connect_timeout(&connect.into(), io_timeout).context("connect")?;
         let stream: TcpStream = sock.into();
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_read_timeout(Some(io_timeout))?;
+        if close_on_go {
+            wait_go()?;
+        }
         finish(stream, mode, hold)?;
         sleep(pause);
     }
@@ -218,23 +243,25 @@ fn main() -> anyhow::Result<()> {
         set_name(name);
     }
     if cli.wait_go {
-        let mut line = String::new();
-        io::stdin().lock().read_line(&mut line)?;
-        if line.trim() != "go" {
-            bail!("expected 'go' on stdin");
-        }
+        wait_go()?;
     }
+    // Socket waits are bounded by the hard limit too (scaled by the tests).
+    let io_timeout = Duration::from_secs(cli.timeout.into());
     match cli.role {
         Role::Server { listen, count, close, hold_ms } => {
-            server(listen, count, close, Duration::from_millis(hold_ms))
+            server(listen, count, close, Duration::from_millis(hold_ms), io_timeout)
         }
-        Role::Client { connect, count, close, hold_ms, pause_ms, bind_port } => client(
-            connect,
-            count,
-            close,
-            Duration::from_millis(hold_ms),
-            Duration::from_millis(pause_ms),
-            bind_port,
-        ),
+        Role::Client { connect, count, close, hold_ms, pause_ms, bind_port, close_on_go } => {
+            client(ClientPlan {
+                connect,
+                count,
+                mode: close,
+                hold: Duration::from_millis(hold_ms),
+                pause: Duration::from_millis(pause_ms),
+                bind_port,
+                close_on_go,
+                io_timeout,
+            })
+        }
     }
 }
