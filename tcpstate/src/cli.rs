@@ -72,8 +72,8 @@ pub struct CensusArgs {
     /// One JSON document per census
     #[arg(long)]
     pub json: bool,
-    /// Repeat every INTERVAL until Ctrl-C (e.g. 1, 500ms)
-    #[arg(short, long, value_name = "INTERVAL", value_parser = parse_duration)]
+    /// Repeat every INTERVAL until Ctrl-C (e.g. 1, 500ms; 100ms to 1 day)
+    #[arg(short, long, value_name = "INTERVAL", value_parser = parse_refresh)]
     pub watch: Option<Duration>,
 }
 
@@ -92,8 +92,8 @@ pub struct TraceArgs {
 pub struct TopArgs {
     #[command(flatten)]
     pub stats: StatsArgs,
-    /// Refresh every (e.g. 1, 500ms, 5s)
-    #[arg(short, long, default_value = "1", value_parser = parse_duration)]
+    /// Refresh every (e.g. 1, 500ms, 5s; 100ms to 1 day)
+    #[arg(short, long, default_value = "1", value_parser = parse_refresh)]
     pub interval: Duration,
 }
 
@@ -162,8 +162,8 @@ impl FilterArgs {
 
 #[derive(Debug, Args)]
 pub struct SessionArgs {
-    /// Stop after this long (e.g. 30, 30s, 5m)
-    #[arg(short, long, value_parser = parse_duration)]
+    /// Collect for this long once attached (e.g. 30, 30s, 5m; at most a year)
+    #[arg(short, long, value_parser = parse_session_duration)]
     pub duration: Option<Duration>,
     /// Ring buffer size: a power of two of at least 4K (e.g. 256K, 8M)
     #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_ring_size)]
@@ -177,7 +177,7 @@ pub struct SessionArgs {
     pub no_timewait: bool,
     /// How often to poll sock_diag for followed timewait sockets (when the
     /// exact hooks cannot measure everything)
-    #[arg(long, value_name = "INTERVAL", default_value = "200ms", value_parser = parse_duration)]
+    #[arg(long, value_name = "INTERVAL", default_value = "200ms", value_parser = parse_tw_poll)]
     pub tw_poll: Duration,
     /// How to follow timewait sockets: `auto` uses fentry hooks where the
     /// kernel allows them and sock_diag polling for the rest; `sock-diag`
@@ -246,17 +246,49 @@ fn parse_comm(s: &str) -> Result<String, String> {
     }
 }
 
-/// Plain seconds, or a humantime duration such as `500ms` or `2m`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = match s.parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+const DAY: Duration = Duration::from_secs(24 * 3600);
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `--duration`: anything above zero, up to a year.
+fn parse_session_duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s, Duration::from_nanos(1), YEAR)
+}
+
+/// `top --interval`, `census --watch`: a screen or a line at most ten times
+/// a second, at least once a day.
+fn parse_refresh(s: &str) -> Result<Duration, String> {
+    parse_duration(s, Duration::from_millis(100), DAY)
+}
+
+/// `--tw-poll`: sock_diag dumps at most 100 times a second.
+fn parse_tw_poll(s: &str) -> Result<Duration, String> {
+    parse_duration(s, Duration::from_millis(10), Duration::from_secs(3600))
+}
+
+/// Plain seconds, or a humantime duration such as `500ms` or `2m`, within
+/// `min..=max`.
+fn parse_duration(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = match s.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+            Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' is longer than {}", show(max)))?
+        }
         Ok(_) => return Err(format!("'{s}' is not a duration")),
         Err(_) => humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration: {e}"))?,
     };
     if d.is_zero() {
         return Err("the duration must be more than zero".into());
     }
+    if d < min {
+        return Err(format!("'{s}' is shorter than {}", show(min)));
+    }
+    if d > max {
+        return Err(format!("'{s}' is longer than {}", show(max)));
+    }
     Ok(d)
+}
+
+fn show(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
 }
 
 /// Bytes with an optional K/M/G suffix (binary units).
@@ -343,9 +375,18 @@ mod tests {
 
     #[test]
     fn durations_and_sizes() {
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("0").is_err());
+        assert_eq!(parse_session_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_session_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_session_duration("0").is_err());
+        // Too large for a Duration, or for a deadline: usage errors, not panics.
+        for huge in ["99999999999999999999", "18446744073709551615", "1e30", "400days"] {
+            let err = parse_session_duration(huge).unwrap_err();
+            assert!(err.contains("longer than"), "{huge}: {err}");
+        }
+        assert!(parse_refresh("1e30").is_err());
+        assert!(parse_tw_poll("1e30").is_err());
+        assert_eq!(parse_refresh("1e-9"), Err("'1e-9' is shorter than 100ms".into()));
+        assert!(parse_refresh("100ms").is_ok());
         assert_eq!(parse_ring_size("256K"), Ok(256 << 10));
         assert_eq!(parse_ring_size("4096"), Ok(4096));
         assert!(parse_ring_size("2G").is_err());

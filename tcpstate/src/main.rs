@@ -23,11 +23,14 @@ fn main() -> ExitCode {
         Err(e) => return fail(&anyhow::Error::from(e)),
     };
     let stdout = std::io::stdout();
+    if tcpstate::sink::known_full(std::os::fd::AsFd::as_fd(&stdout)) {
+        return fail(&anyhow::anyhow!("writing to stdout: no space left on the device it goes to"));
+    }
     let is_terminal = stdout.is_terminal();
     let mut writer = stdout.lock();
     let mut notice = |line: &str| {
         if !line.is_empty() {
-            eprintln!("{line}");
+            tcpstate::commands::to_stderr(format_args!("{line}\n"));
         }
     };
     let out = tcpstate::commands::Output { writer: &mut writer, is_terminal, on_ready: &mut notice };
@@ -42,7 +45,7 @@ fn main() -> ExitCode {
 fn fail(e: &anyhow::Error) -> ExitCode {
     let text = format!("{e:#}");
     let mut lines = text.lines();
-    eprintln!("tcpstate: {}", lines.next().unwrap_or("unknown error"));
+    tcpstate::commands::to_stderr(format_args!("tcpstate: {}\n", lines.next().unwrap_or("unknown error")));
     let rest: Vec<_> = lines.collect();
     if !rest.is_empty() {
         log::debug!("{}", rest.join("\n"));
@@ -68,6 +71,6 @@ fn usage_error(e: &clap::Error) -> ExitCode {
     let rendered = e.render().to_string();
     let first = rendered.lines().next().unwrap_or("invalid arguments");
     let first = first.strip_prefix("error: ").unwrap_or(first);
-    eprintln!("tcpstate: {first} (see --help)");
+    tcpstate::commands::to_stderr(format_args!("tcpstate: {first} (see --help)\n"));
     ExitCode::from(EXIT_USAGE)
 }

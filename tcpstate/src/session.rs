@@ -1,5 +1,6 @@
 //! The event loop shared by the commands: drain the ring buffer when woken
-//! or on a timer, until Ctrl-C, SIGTERM, `--duration`, or a closed stdout.
+//! or on a timer, until Ctrl-C, SIGTERM, SIGHUP, `--duration` (counted from
+//! here, once attached), or a closed stdout.
 
 use std::{io, time::Duration};
 
@@ -23,6 +24,8 @@ pub enum EndReason {
     Quit,
     Interrupted,
     Terminated,
+    /// The terminal or ssh session went away: end as on SIGTERM.
+    HungUp,
     DurationElapsed,
     OutputClosed,
 }
@@ -34,7 +37,7 @@ fn drain(tracer: &mut Tracer, sink: &mut dyn Sink, follower: &mut Option<&mut Fo
     tracer.drain(|record| {
         match record {
             Record::Transition(t) => {
-                sink.transition(&t)?;
+                sink.transition(&t).map_err(naming_stdout)?;
                 events.extend(follower.as_mut().and_then(|f| f.on_transition(&t)));
             }
             Record::Timewait(hook) => {
@@ -44,15 +47,21 @@ fn drain(tracer: &mut Tracer, sink: &mut dyn Sink, follower: &mut Option<&mut Fo
             }
         }
         // In the kernel's order, interleaved with the transitions.
-        events.drain(..).try_for_each(|e| sink.timewait(&e))
+        events.drain(..).try_for_each(|e| sink.timewait(&e).map_err(naming_stdout))
     })?;
     if let Some(f) = follower {
         f.poll_if_due(&mut events).map_err(io::Error::other)?;
         for e in &events {
-            sink.timewait(e)?;
+            sink.timewait(e).map_err(naming_stdout)?;
         }
     }
-    sink.flush()
+    sink.flush().map_err(naming_stdout)
+}
+
+/// A sink's write failed: say it was the output (stdout), keeping the
+/// error's kind so that a closed pipe still ends quietly.
+pub fn naming_stdout(e: io::Error) -> io::Error {
+    if is_closed_pipe(&e) { e } else { io::Error::new(e.kind(), format!("writing to stdout: {e}")) }
 }
 
 fn deliver(
@@ -64,17 +73,35 @@ fn deliver(
     sink.tick(&|| tracer.counters().map_err(io::Error::other))
 }
 
+/// The signals that end a session, listened to from before the start-up
+/// line: one sent as soon as it appears must not kill the process unreported.
+pub struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn listen() -> io::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 pub async fn run(
     tracer: &mut Tracer,
     sink: &mut dyn Sink,
     duration: Option<Duration>,
     mut follower: Option<&mut Follower>,
+    signals: Signals,
 ) -> anyhow::Result<EndReason> {
+    let Signals { mut interrupt, mut terminate, mut hangup } = signals;
     // SAFETY: the tracer owns the fd and outlives `ready`, which is dropped
     // (and deregistered) at the end of this function.
     let ready = unsafe { AsyncFd::register_with_interest(tracer.ring_fd(), Interest::READABLE) }?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
     let deadline = async {
         match duration {
             Some(d) => tokio::time::sleep_until(Instant::now() + d).await,
@@ -89,6 +116,7 @@ pub async fn run(
         tokio::select! {
             _ = interrupt.recv() => break EndReason::Interrupted,
             _ = terminate.recv() => break EndReason::Terminated,
+            _ = hangup.recv() => break EndReason::HungUp,
             () = &mut deadline => break EndReason::DurationElapsed,
             guard = ready.readable() => guard?.clear_ready(),
             _ = timer.tick() => {}

@@ -159,7 +159,7 @@ fn spawn_tracing(args: &[&str]) -> (Child, BufReader<std::process::ChildStderr>)
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
-    assert!(line.starts_with("Tracing"), "unexpected: {line}");
+    assert!(line.starts_with("Tracing") || line.starts_with("Collecting"), "unexpected: {line}");
     (child, stderr)
 }
 
@@ -342,4 +342,86 @@ fn duration_counts_from_attach() {
     let status = wait_with_timeout(&mut child, Duration::from_secs(30));
     assert!(status.success(), "{status}");
     assert!(attached.elapsed() >= Duration::from_secs(1), "ended {:?} after attaching", attached.elapsed());
+}
+
+/// Durations too large for a deadline, and refreshes too fast, are usage
+/// errors: one line and exit 2, never a panic.
+#[test]
+fn out_of_range_durations_are_usage_errors() {
+    for args in [
+        &["trace", "-d", "99999999999999999999"][..],
+        &["stats", "-d", "18446744073709551615"],
+        &["top", "-i", "1e30"],
+        &["trace", "--tw-poll", "1e30"],
+        &["census", "-w", "1e30"],
+        &["census", "-w", "1e-9"],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let lines = stderr_lines(&out);
+        assert_eq!(lines.len(), 1, "{args:?}: {lines:?}");
+        assert!(lines[0].starts_with("tcpstate: ") && !lines[0].contains("panicked"), "{lines:?}");
+    }
+}
+
+/// A stdout that cannot take the report fails at once, naming stdout,
+/// instead of collecting for the whole duration and losing it.
+#[test]
+fn a_full_stdout_fails_at_start() {
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let started = Instant::now();
+    let out = Command::new(BIN).args(["stats", "-d", "60"]).stdout(full).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let lines = stderr_lines(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("stdout") && lines[0].contains("no space"), "{lines:?}");
+    assert!(started.elapsed() < scaled(Duration::from_secs(30)), "it collected first");
+}
+
+/// A closed or full stderr ends nothing: the transitions still reach stdout
+/// and the exit is clean.
+#[test]
+fn an_unwritable_stderr_is_no_crash() {
+    if !kernel_tests_possible("unwritable_stderr") {
+        return;
+    }
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = Command::new(BIN)
+        .args(["trace", "--port", &port_for(4).to_string(), "--duration", "0.5"])
+        .stderr(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("TIME(UTC)"));
+    // Like `2>&1 | head -1`: the reader of stderr goes away.
+    let mut child = Command::new(BIN)
+        .args(["trace", "--port", &port_for(5).to_string(), "--duration", "0.5"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let status = wait_with_timeout(&mut child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{status}");
+}
+
+/// SIGHUP (a closed terminal or ssh session) and Ctrl-C end a session as
+/// SIGTERM does: detach, report, exit 0.
+#[test]
+fn sighup_and_ctrl_c_report_and_exit_0() {
+    if !kernel_tests_possible("sighup") {
+        return;
+    }
+    for (signal, index) in [(libc::SIGHUP, 6), (libc::SIGINT, 7)] {
+        let (mut child, _stderr) =
+            spawn_tracing(&["stats", "--json", "--port", &port_for(index).to_string()]);
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let status = wait_with_timeout(&mut child, Duration::from_secs(30));
+        assert_eq!(status.code(), Some(0), "signal {signal}: {status}");
+        let mut stdout = String::new();
+        child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+        let report: serde_json::Value = serde_json::from_str(&stdout).expect("the report");
+        assert!(report["losses"]["events_received"].is_u64(), "{report}");
+    }
 }

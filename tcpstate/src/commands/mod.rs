@@ -32,6 +32,12 @@ pub async fn run(cli: Cli, out: Output<'_>) -> anyhow::Result<()> {
     }
 }
 
+/// Writes to stderr, ignoring failure: a closed or full stderr must neither
+/// end the run nor cost the report on stdout.
+pub fn to_stderr(text: std::fmt::Arguments<'_>) {
+    let _ = std::io::stderr().write_fmt(text);
+}
+
 /// Says how timewait sockets are followed, for the start-up line, and
 /// why not exactly if the hooks were tried and failed.
 pub fn following(follower: Option<&Follower>, hooks: &Hooks) -> String {

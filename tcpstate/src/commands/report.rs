@@ -17,6 +17,7 @@ fn aggregator(follows_timewait: Option<Sources>) -> Aggregator {
 }
 
 pub async fn stats(args: StatsArgs, out: Output<'_>) -> anyhow::Result<()> {
+    let signals = session::Signals::listen()?;
     let filters = args.filters.to_filters();
     let mut tracer = Tracer::start(&args.session.summary_tracer_options(filters.clone()))?;
     let mut follower = args.session.follower(&filters, tracer.hooks());
@@ -28,10 +29,11 @@ pub async fn stats(args: StatsArgs, out: Output<'_>) -> anyhow::Result<()> {
         "Collecting TCP state transitions{}. Hit Ctrl-C to end and report.",
         super::following(follower.as_ref(), tracer.hooks())
     ));
-    final_report(&mut tracer, &mut sink, args.session.duration, follower.as_mut()).await
+    final_report(&mut tracer, &mut sink, args.session.duration, follower.as_mut(), signals).await
 }
 
 pub async fn top(top: TopArgs, out: Output<'_>) -> anyhow::Result<()> {
+    let signals = session::Signals::listen()?;
     let (args, interval) = (top.stats, top.interval);
     let filters = args.filters.to_filters();
     let mut tracer = Tracer::start(&args.session.summary_tracer_options(filters.clone()))?;
@@ -41,7 +43,7 @@ pub async fn top(top: TopArgs, out: Output<'_>) -> anyhow::Result<()> {
         (out.on_ready)("");
         let mut dashboard =
             Aggregating { aggregator: agg, view: Dashboard::new(interval, args.report.top.into())? };
-        session::run(&mut tracer, &mut dashboard, args.session.duration, follower.as_mut()).await?;
+        session::run(&mut tracer, &mut dashboard, args.session.duration, follower.as_mut(), signals).await?;
         return Ok(());
     }
     let mut sink = Aggregating {
@@ -52,7 +54,7 @@ pub async fn top(top: TopArgs, out: Output<'_>) -> anyhow::Result<()> {
         "Tracing TCP state transitions{}. Hit Ctrl-C to end.",
         super::following(follower.as_ref(), tracer.hooks())
     ));
-    final_report(&mut tracer, &mut sink, args.session.duration, follower.as_mut()).await
+    final_report(&mut tracer, &mut sink, args.session.duration, follower.as_mut(), signals).await
 }
 
 /// Runs the session, then reports what it saw unless stdout went away.
@@ -61,16 +63,17 @@ async fn final_report<W: std::io::Write>(
     sink: &mut Aggregating<Reporter<W>>,
     duration: Option<std::time::Duration>,
     mut follower: Option<&mut Follower>,
+    signals: session::Signals,
 ) -> anyhow::Result<()> {
-    let reason = session::run(tracer, sink, duration, follower.as_deref_mut()).await?;
+    let reason = session::run(tracer, sink, duration, follower.as_deref_mut(), signals).await?;
     if let Some(f) = follower {
-        eprintln!("{}", super::follower_summary(f));
+        super::to_stderr(format_args!("{}\n", super::follower_summary(f)));
     }
     if reason == EndReason::OutputClosed {
         return Ok(());
     }
     match sink.view.emit(&sink.aggregator, &tracer.counters()?) {
         Err(e) if is_closed_pipe(&e) => Ok(()),
-        other => other.map_err(Into::into),
+        other => other.map_err(|e| session::naming_stdout(e).into()),
     }
 }

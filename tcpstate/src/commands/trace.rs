@@ -14,6 +14,7 @@ use crate::{
 };
 
 pub async fn run(args: TraceArgs, out: Output<'_>) -> anyhow::Result<()> {
+    let signals = session::Signals::listen()?;
     let filters = args.filters.to_filters();
     let mut tracer = Tracer::start(&args.session.tracer_options(filters.clone()))?;
     let mut follower = args.session.follower(&filters, tracer.hooks());
@@ -31,16 +32,17 @@ pub async fn run(args: TraceArgs, out: Output<'_>) -> anyhow::Result<()> {
         "Tracing TCP state transitions{}. Hit Ctrl-C to end.",
         following(follower.as_ref(), tracer.hooks())
     ));
-    let reason = session::run(&mut tracer, sink.as_mut(), args.session.duration, follower.as_mut()).await?;
+    let reason =
+        session::run(&mut tracer, sink.as_mut(), args.session.duration, follower.as_mut(), signals).await?;
     log::info!("trace ended: {reason:?}");
     summarize(&tracer)?;
     if let Some(f) = &follower {
-        eprintln!("{}", follower_summary(f));
+        super::to_stderr(format_args!("{}\n", follower_summary(f)));
     }
     Ok(())
 }
 
 fn summarize(tracer: &Tracer) -> anyhow::Result<()> {
-    eprint!("\n{}", tracer.counters()?);
+    super::to_stderr(format_args!("\n{}", tracer.counters()?));
     Ok(())
 }

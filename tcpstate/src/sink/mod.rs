@@ -104,6 +104,29 @@ impl<W: Write> BatchWriter<W> {
 
 /// Whether an I/O error means the reader went away (`| head`): the run
 /// then ends quietly.
+/// Whether writes to `fd` are bound to fail, as far as can be told without
+/// writing: `/dev/full`, or a file on a filesystem with no space left. A
+/// report collected for minutes must not find that out at the end.
+pub fn known_full(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: zeroed stat structs are valid; fstat and fstatvfs only write
+    // into them, on a borrowed, open fd.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd.as_raw_fd(), &mut st) != 0 {
+            return false;
+        }
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFCHR => libc::major(st.st_rdev) == 1 && libc::minor(st.st_rdev) == 7,
+            libc::S_IFREG => {
+                let mut vfs: libc::statvfs = std::mem::zeroed();
+                libc::fstatvfs(fd.as_raw_fd(), &mut vfs) == 0 && vfs.f_bavail == 0 && vfs.f_blocks > 0
+            }
+            _ => false,
+        }
+    }
+}
+
 pub fn is_closed_pipe(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::BrokenPipe
 }
