@@ -21,7 +21,7 @@ use crate::{
     propagate_version = true
 )]
 pub struct Cli {
-    /// More diagnostics on stderr (-v info, -vv debug)
+    /// More diagnostics on stderr (-v info, -vv debug; -vvv adds aya's)
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
     #[command(subcommand)]

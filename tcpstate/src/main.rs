@@ -11,12 +11,15 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
     };
-    let level = match cli.verbose {
-        0 => log::LevelFilter::Warn,
-        1 => log::LevelFilter::Info,
-        _ => log::LevelFilter::Debug,
+    // tcpstate's own diagnostics at -v and -vv; aya's (relocations, feature
+    // probes: a hundred lines) only from -vvv.
+    let (ours, aya) = match cli.verbose {
+        0 => (log::LevelFilter::Warn, log::LevelFilter::Warn),
+        1 => (log::LevelFilter::Info, log::LevelFilter::Warn),
+        2 => (log::LevelFilter::Debug, log::LevelFilter::Warn),
+        _ => (log::LevelFilter::Debug, log::LevelFilter::Debug),
     };
-    env_logger::Builder::new().filter_level(level).parse_default_env().init();
+    env_logger::Builder::new().filter_level(aya).filter_module("tcpstate", ours).parse_default_env().init();
 
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -36,6 +39,10 @@ fn main() -> ExitCode {
     let out = tcpstate::commands::Output { writer: &mut writer, is_terminal, on_ready: &mut notice };
     match runtime.block_on(tcpstate::commands::run(cli, out)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<tcpstate::UsageError>().is_some() => {
+            tcpstate::commands::to_stderr(format_args!("tcpstate: {e} (see --help)\n"));
+            ExitCode::from(EXIT_USAGE)
+        }
         Err(e) => fail(&e),
     }
 }

@@ -18,7 +18,7 @@ use crate::{
 };
 
 pub async fn run(args: CensusArgs, out: Output<'_>) -> anyhow::Result<()> {
-    let netns = args.netns.as_deref().map_or(Netns::Current, Netns::parse);
+    let netns = args.netns.as_deref().map(Netns::from_arg).transpose()?.unwrap_or_default();
     let netns_name = args.netns.clone().unwrap_or_else(|| "this network namespace".into());
     let mut diag = SockDiag::open(&netns)?;
     let families: &[Family] = match (args.ipv4, args.ipv6) {

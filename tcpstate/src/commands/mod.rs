@@ -9,7 +9,7 @@ use std::io::Write;
 
 use crate::{
     cli::{Cli, Command},
-    source::{hooks::Hooks, timewait::Follower},
+    source::timewait::Follower,
 };
 
 /// Where a command's results go: stdout, or a buffer in tests.
@@ -38,17 +38,11 @@ pub fn to_stderr(text: std::fmt::Arguments<'_>) {
     let _ = std::io::stderr().write_fmt(text);
 }
 
-/// Says how timewait sockets are followed, for the start-up line, and
-/// why not exactly if the hooks were tried and failed.
-pub fn following(follower: Option<&Follower>, hooks: &Hooks) -> String {
+/// Says how timewait sockets are followed, for the start-up line. Why the
+/// exact hooks did not attach is normal on many kernels: `-v` says it.
+pub fn following(follower: Option<&Follower>) -> String {
     let Some(f) = follower else { return String::new() };
-    let mut line = format!(", following timewait sockets by {}", f.tracker.sources().describe());
-    if let Some(first) = hooks.failures().next() {
-        // aya's message repeats the errno after the (empty) verifier log.
-        let first = first.split(". Verifier output").next().unwrap_or_default();
-        line.push_str(&format!(" (exact hooks unavailable: {first})"));
-    }
-    line
+    format!(", following timewait sockets by {}", f.tracker.sources().describe())
 }
 
 /// What following timewait sockets cost, for the summary.

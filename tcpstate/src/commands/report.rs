@@ -27,7 +27,7 @@ pub async fn stats(args: StatsArgs, out: Output<'_>) -> anyhow::Result<()> {
     };
     (out.on_ready)(&format!(
         "Collecting TCP state transitions{}. Hit Ctrl-C to end and report.",
-        super::following(follower.as_ref(), tracer.hooks())
+        super::following(follower.as_ref())
     ));
     final_report(&mut tracer, &mut sink, args.session.duration, follower.as_mut(), signals).await
 }
@@ -52,7 +52,7 @@ pub async fn top(top: TopArgs, out: Output<'_>) -> anyhow::Result<()> {
     };
     (out.on_ready)(&format!(
         "Tracing TCP state transitions{}. Hit Ctrl-C to end.",
-        super::following(follower.as_ref(), tracer.hooks())
+        super::following(follower.as_ref())
     ));
     final_report(&mut tracer, &mut sink, args.session.duration, follower.as_mut(), signals).await
 }

@@ -30,7 +30,7 @@ struct Settings {
 
 pub fn run(args: SysctlArgs, out: Output<'_>) -> anyhow::Result<()> {
     (out.on_ready)("");
-    let netns = args.netns.as_deref().map_or(Netns::Current, Netns::parse);
+    let netns = args.netns.as_deref().map(Netns::from_arg).transpose()?.unwrap_or_default();
     // /proc/sys/net shows the namespace of the thread that reads it.
     let settings = netns.run(|| {
         let root = Path::new("/proc/sys/net/ipv4");

@@ -30,7 +30,7 @@ pub async fn run(args: TraceArgs, out: Output<'_>) -> anyhow::Result<()> {
     };
     (out.on_ready)(&format!(
         "Tracing TCP state transitions{}. Hit Ctrl-C to end.",
-        following(follower.as_ref(), tracer.hooks())
+        following(follower.as_ref())
     ));
     let reason =
         session::run(&mut tracer, sink.as_mut(), args.session.duration, follower.as_mut(), signals).await?;

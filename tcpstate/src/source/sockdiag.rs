@@ -125,6 +125,37 @@ impl Netns {
         }
     }
 
+    /// `--netns NAME|PATH`, checked to be a network namespace: anything else
+    /// is the user's mistake (a [`crate::UsageError`]), said plainly.
+    pub fn from_arg(name_or_path: &str) -> anyhow::Result<Self> {
+        let netns = Self::parse(name_or_path);
+        let Self::Path(path) = &netns else { return Ok(netns) };
+        let usage = |why: &str| crate::UsageError(format!("--netns {name_or_path}: {why}"));
+        // /proc/PID/ns/* are links named after their type ("mnt:[4026…]"),
+        // readable where the namespace itself may not be.
+        if let Ok(link) = std::fs::read_link(path)
+            && let Some((kind, _)) = link.to_string_lossy().split_once(":[")
+            && kind != "net"
+        {
+            return Err(usage(&format!("not a network namespace (a {kind} namespace)")).into());
+        }
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(usage("no such network namespace").into());
+            }
+            Err(e) => return Err(anyhow::Error::from(e).context(format!("opening {}", path.display()))),
+        };
+        /// `ioctl(NS_GET_NSTYPE)`: the namespace type of an nsfs file.
+        const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+        // SAFETY: an ioctl without arguments on an open fd.
+        let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
+        if kind != libc::CLONE_NEWNET {
+            return Err(usage("not a network namespace").into());
+        }
+        Ok(netns)
+    }
+
     /// Runs `f` in this namespace: on a helper thread that enters it, so
     /// the caller's namespace never changes. Sockets made there stay there.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {

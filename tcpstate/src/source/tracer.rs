@@ -200,6 +200,8 @@ impl Tracer {
         // the hook that made its timewait socket.
         let hooks = if opts.timewait_hooks { hooks::attach(&mut ebpf, kernel) } else { Hooks::default() };
         for failure in hooks.failures() {
+            // aya's message repeats the errno after the (empty) verifier log.
+            let failure = failure.split(". Verifier output").next().unwrap_or_default();
             log::info!("exact timewait hook not attached: {failure}");
         }
         program(&mut ebpf)?
