@@ -425,3 +425,49 @@ fn sighup_and_ctrl_c_report_and_exit_0() {
         assert!(report["losses"]["events_received"].is_u64(), "{report}");
     }
 }
+
+/// `--netns` given something that is not a network namespace: one line that
+/// says so, exit 2.
+#[test]
+fn netns_that_is_not_a_network_namespace_is_a_usage_error() {
+    if !kernel_tests_possible("netns_usage") {
+        return;
+    }
+    for (args, says) in [
+        (&["census", "--netns", "/proc/self/ns/mnt"][..], "not a network namespace (a mnt namespace)"),
+        (&["census", "--netns", "/etc/passwd"], "not a network namespace"),
+        (&["sysctl", "--netns", "no-such-namespace-here"], "no such network namespace"),
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let lines = stderr_lines(&out);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains(says), "{lines:?}");
+    }
+}
+
+/// `-v` is tcpstate's own diagnostics (the socket table's size, why the exact
+/// hooks did not attach), not aya's relocation internals, which wait for
+/// `-vvv`; the start-up line names the mode without an error in it.
+#[test]
+fn verbosity_levels() {
+    if !kernel_tests_possible("verbosity") {
+        return;
+    }
+    let run = |v: &str| {
+        let out = Command::new(BIN)
+            .args([v, "trace", "--port", &port_for(3).to_string(), "--duration", "0.3"])
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        stderr_lines(&out)
+    };
+    let v = run("-v");
+    assert!(v.iter().any(|l| l.contains("socket table: ") && l.contains("entries")), "{v:#?}");
+    assert!(!v.iter().any(|l| l.contains("aya")), "{v:#?}");
+    let start = v.iter().find(|l| l.starts_with("Tracing")).unwrap();
+    assert!(!start.contains("Operation not permitted") && !start.contains("error"), "{start}");
+    let vvv = run("-vvv");
+    assert!(vvv.iter().any(|l| l.contains("aya")), "{} lines", vvv.len());
+}
