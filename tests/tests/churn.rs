@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tcpstate::{
     model::aggregate::{Aggregator, DEFAULT_TABLE_CAP},
-    source::tracer::Filters,
+    source::tracer::{Filters, Tracer},
 };
 use tcpstate_tests::*;
 
@@ -45,12 +45,7 @@ fn memory_stays_bounded_over_100k_connections() {
             let deadline = Instant::now() + scaled(Duration::from_secs(300));
             let mut peak_sockets = 0;
             while !client.exited() && Instant::now() < deadline {
-                tracer
-                    .drain_transitions(|t| -> Result<(), ()> {
-                        agg.observe(&t);
-                        Ok(())
-                    })
-                    .unwrap();
+                drain_into(&mut tracer, &mut agg);
                 peak_sockets = peak_sockets.max(agg.sockets.len());
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -64,21 +59,11 @@ fn memory_stays_bounded_over_100k_connections() {
             let deadline = Instant::now() + scaled(Duration::from_secs(60));
             let mut open = still_open(&ns);
             while !open.is_empty() && Instant::now() < deadline {
-                tracer
-                    .drain_transitions(|t| -> Result<(), ()> {
-                        agg.observe(&t);
-                        Ok(())
-                    })
-                    .unwrap();
+                drain_into(&mut tracer, &mut agg);
                 std::thread::sleep(Duration::from_millis(20));
                 open = still_open(&ns);
             }
-            tracer
-                .drain_transitions(|t| -> Result<(), ()> {
-                    agg.observe(&t);
-                    Ok(())
-                })
-                .unwrap();
+            drain_into(&mut tracer, &mut agg);
             let counters = tracer.counters().unwrap();
             let sockets_in_kernel = tracer.sockets_in_kernel().unwrap();
             let pending = Pending::of(&open, port);
@@ -123,6 +108,15 @@ fn memory_stays_bounded_over_100k_connections() {
     assert!(agg.time_wait_by_process.len() <= 2);
     assert!(agg.closes_by_raddr.len() <= 1);
     assert!(agg.closes_by_lport.len() <= DEFAULT_TABLE_CAP);
+}
+
+fn drain_into(tracer: &mut Tracer, agg: &mut Aggregator) {
+    tracer
+        .drain_transitions(|t| -> Result<(), ()> {
+            agg.observe(&t);
+            Ok(())
+        })
+        .unwrap();
 }
 
 /// `ss -tanH` lines of the namespace's sockets other than TIME_WAIT.

@@ -78,6 +78,22 @@ impl Run {
     }
 }
 
+/// One connection on `port` in `ns`: the client (`tsp-T-cli`) closes first;
+/// the server (`tsp-T-srv`) closes as `server_close` says, `hold_ms` after
+/// its moment.
+fn client_closes_first(ns: &Netns, port: u16, test: &str, server_close: &str, hold_ms: u64) {
+    let addr = format!("127.0.0.1:{port}");
+    let hold = hold_ms.to_string();
+    let server = Peer::server(
+        ns,
+        &format!("tsp-{test}-srv"),
+        &["server", "--listen", &addr, "--close", server_close, "--hold-ms", &hold],
+    );
+    Peer::spawn(ns, &format!("tsp-{test}-cli"), false, &["client", "--connect", &addr, "--close", "first"])
+        .finish();
+    server.finish();
+}
+
 fn ns_with(test: &str, sysctls: &[&str]) -> Netns {
     let ns = Netns::new(test);
     for s in sysctls {
@@ -99,22 +115,12 @@ fn b_orphan_fin_wait2_lasts_tcp_fin_timeout() {
     }
     // The server never closes within the client's FIN_WAIT2 timeout.
     const HOLD_MS: u64 = 3500;
-    let hold = HOLD_MS.to_string();
     let (run, ()) = Run::trace(
         "twb",
         &["net.ipv4.tcp_fin_timeout=2"],
         SCENARIO_WAIT,
         |r| r.has("ended"),
-        |ns, port| {
-            let addr = format!("127.0.0.1:{port}");
-            let server = Peer::server(
-                ns,
-                "tsp-b-srv",
-                &["server", "--listen", &addr, "--close", "second", "--hold-ms", &hold],
-            );
-            Peer::spawn(ns, "tsp-b-cli", false, &["client", "--connect", &addr, "--close", "first"]).finish();
-            server.finish();
-        },
+        |ns, port| client_closes_first(ns, port, "b", "second", HOLD_MS),
     );
     let entered = run.one("entered");
     assert_eq!(entered["substate"], "FIN_WAIT2");
@@ -139,22 +145,13 @@ fn c_fin_after_300ms_then_time_wait() {
     if !kernel_tests_possible("c_fin_300ms") {
         return;
     }
-    const HOLD_MS: f64 = 300.0;
+    const HOLD_MS: u64 = 300;
     let (run, ()) = Run::trace(
         "twc",
         &[],
         SCENARIO_WAIT,
         |r| r.has("fin_arrived") && !r.transitions("LAST_ACK", "CLOSE").is_empty(),
-        |ns, port| {
-            let addr = format!("127.0.0.1:{port}");
-            let server = Peer::server(
-                ns,
-                "tsp-c-srv",
-                &["server", "--listen", &addr, "--close", "second", "--hold-ms", &HOLD_MS.to_string()],
-            );
-            Peer::spawn(ns, "tsp-c-cli", false, &["client", "--connect", &addr, "--close", "first"]).finish();
-            server.finish();
-        },
+        |ns, port| client_closes_first(ns, port, "c", "second", HOLD_MS),
     );
     assert_eq!(run.one("entered")["substate"], "FIN_WAIT2");
     let fin = run.one("fin_arrived");
@@ -170,7 +167,7 @@ fn c_fin_after_300ms_then_time_wait() {
     // The server held its half for its hold after the client's FIN came in.
     let client_fin_in = ms(&run.transitions("ESTABLISHED", "CLOSE_WAIT")[0]["ts_ns"]);
     assert!(
-        close_at - client_fin_in >= HOLD_MS,
+        close_at - client_fin_in >= HOLD_MS as f64,
         "server closed {} ms after the FIN",
         close_at - client_fin_in
     );
@@ -256,27 +253,17 @@ fn e_rst_kills_a_fin_wait2_timewait_socket() {
     if !kernel_tests_possible("e_rst") {
         return;
     }
-    const HOLD_MS: f64 = 800.0;
+    const HOLD_MS: u64 = 800;
     // Exact-mode kills are reported once no new connection claimed the
-    // tuple for 1 s: the wait covers it.
+    // tuple for 1 s: the wait covers it. The server aborts (SO_LINGER 0)
+    // after its hold, once the client's FIN is in: an RST into the client's
+    // FIN_WAIT2 timewait socket.
     let (run, ()) = Run::trace(
         "twe",
         &[],
         SCENARIO_WAIT,
         |r| r.has("ended"),
-        |ns, port| {
-            let addr = format!("127.0.0.1:{port}");
-            // The server aborts (SO_LINGER 0) after its hold, once the
-            // client's FIN is in: an RST into the client's FIN_WAIT2
-            // timewait socket.
-            let server = Peer::server(
-                ns,
-                "tsp-e-srv",
-                &["server", "--listen", &addr, "--close", "abort", "--hold-ms", &HOLD_MS.to_string()],
-            );
-            Peer::spawn(ns, "tsp-e-cli", false, &["client", "--connect", &addr, "--close", "first"]).finish();
-            server.finish();
-        },
+        |ns, port| client_closes_first(ns, port, "e", "abort", HOLD_MS),
     );
     let entered = run.one("entered");
     let ended = run.one("ended");
@@ -288,7 +275,7 @@ fn e_rst_kills_a_fin_wait2_timewait_socket() {
     // after the handover.
     let reset_at = ms(&reset[0]["ts_ns"]);
     let client_fin_in = ms(&run.transitions("ESTABLISHED", "CLOSE_WAIT")[0]["ts_ns"]);
-    assert!(reset_at - client_fin_in >= HOLD_MS, "RST {reset_at} ms, FIN in at {client_fin_in} ms");
+    assert!(reset_at - client_fin_in >= HOLD_MS as f64, "RST {reset_at} ms, FIN in at {client_fin_in} ms");
     assert!(reset_at > ms(&entered["ts_ns"]), "RST {reset_at} ms, entered {entered}");
     // Noticed at the first poll after the RST.
     let after_reset = ms(&ended["ts_ns"]) - reset_at;
@@ -317,12 +304,7 @@ fn f_time_wait_expires_after_60s() {
         &[],
         Duration::from_secs(65) + SCENARIO_WAIT,
         |r| r.has("ended"),
-        |ns, port| {
-            let addr = format!("127.0.0.1:{port}");
-            let server = Peer::server(ns, "tsp-f-srv", &["server", "--listen", &addr, "--close", "second"]);
-            Peer::spawn(ns, "tsp-f-cli", false, &["client", "--connect", &addr, "--close", "first"]).finish();
-            server.finish();
-        },
+        |ns, port| client_closes_first(ns, port, "f", "second", 0),
     );
     let ended = run.one("ended");
     assert_eq!(ended["cause"], "expired", "{ended}");
