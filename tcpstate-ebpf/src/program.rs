@@ -356,8 +356,11 @@ fn v4_mapped(addr: [u8; 4]) -> [u8; 16] {
 }
 
 /// Adds a socket to the table. A new life normally finds no record at its
-/// address; one that does follows a socket whose CLOSE the kernel skipped,
-/// and replaces that record.
+/// address; one that does follows a socket whose CLOSE was not seen, and
+/// replaces that record. That is a loss, except for a child still in
+/// SYN_RECV: the kernel frees a duplicate child without a transition when
+/// another CPU completed the same connection request first
+/// (docs/ARCHITECTURE.md, "Lost transitions").
 #[inline(always)]
 fn remember(ctx: &TracePointContext, filters: u8, skaddr: u64, rec: &SockRecord, new_life: bool) {
     let flags = if new_life { BPF_NOEXIST } else { BPF_ANY };
@@ -370,6 +373,7 @@ fn remember(ctx: &TracePointContext, filters: u8, skaddr: u64, rec: &SockRecord,
                 bump(&COUNTERS, COUNTER_SOCKET_INSERT_FAILED);
             }
             if let Some(stale) = stale
+                && stale.state != TCP_SYN_RECV
                 && (filters == 0 || selected(filters, stale.sport, stale.dport, &stale))
             {
                 bump(&COUNTERS, COUNTER_SOCKETS_WITH_GAPS);
