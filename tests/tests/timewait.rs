@@ -262,7 +262,7 @@ fn e_rst_kills_a_fin_wait2_timewait_socket() {
     }
     const HOLD_MS: u64 = 800;
     // Exact-mode kills are reported once no new connection claimed the
-    // tuple for 1 s: the wait covers it. The server aborts (SO_LINGER 0)
+    // tuple for 3 s: the wait covers it. The server aborts (SO_LINGER 0)
     // after its hold, once the client's FIN is in: an RST into the client's
     // FIN_WAIT2 timewait socket.
     let (run, ()) = Run::trace(

@@ -37,8 +37,10 @@ const EXPIRY_SLACK_NS: u64 = 20_000_000;
 pub const DEFAULT_CAPACITY: usize = 262_144;
 /// An early end waits this long (in event time) for the new connection that
 /// would make it a reuse; the new connection's handshake completes after
-/// the old timewait socket is descheduled.
-const REUSE_GRACE_NS: u64 = 1_000_000_000;
+/// the old timewait socket is descheduled: microseconds later, or, when its
+/// first SYN is lost on a busy host, after the 1 s SYN retransmission
+/// timeout. 3 s covers that one retransmission.
+const REUSE_GRACE_NS: u64 = 3_000_000_000;
 /// Schedule hooks waiting for their handover: it follows within
 /// microseconds on the same CPU, so older ones belong to filtered sockets.
 const PENDING_MAX_AGE_NS: u64 = 1_000_000_000;
@@ -744,9 +746,9 @@ mod tests {
         tr.on_hook(&hook(&t, TwHookKind::Scheduled, 5_000 * MS, TcpState::TIME_WAIT), &mut ev);
         tr.on_transition(&handover(5_000 * MS));
         tr.on_hook(&hook(&t, TwHookKind::Descheduled, 6_000 * MS, TcpState::TIME_WAIT), &mut ev);
-        tr.settle(6_900 * MS, &mut ev);
+        tr.settle(8_900 * MS, &mut ev);
         assert!(ev.is_empty());
-        tr.settle(7_000 * MS, &mut ev);
+        tr.settle(9_000 * MS, &mut ev);
         assert!(
             matches!(ev[..], [TwEvent::Ended { cause: EndCause::Killed, at_ns, .. }] if at_ns == 6_000 * MS),
             "{ev:?}"
