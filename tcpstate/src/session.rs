@@ -32,7 +32,13 @@ pub enum EndReason {
 
 /// Hands the waiting transitions to the sink, and to the timewait follower,
 /// whose events go to the sink too.
-fn drain(tracer: &mut Tracer, sink: &mut dyn Sink, follower: &mut Option<&mut Follower>) -> io::Result<()> {
+/// At the end (`last`), the follower polls whether due or not.
+fn drain(
+    tracer: &mut Tracer,
+    sink: &mut dyn Sink,
+    follower: &mut Option<&mut Follower>,
+    last: bool,
+) -> io::Result<()> {
     let mut events = Vec::new();
     tracer.drain(|record| {
         match record {
@@ -50,7 +56,8 @@ fn drain(tracer: &mut Tracer, sink: &mut dyn Sink, follower: &mut Option<&mut Fo
         events.drain(..).try_for_each(|e| sink.timewait(&e).map_err(naming_stdout))
     })?;
     if let Some(f) = follower {
-        f.poll_if_due(&mut events).map_err(io::Error::other)?;
+        let polled = if last { f.poll_now(&mut events) } else { f.poll_if_due(&mut events) };
+        polled.map_err(io::Error::other)?;
         for e in &events {
             sink.timewait(e).map_err(naming_stdout)?;
         }
@@ -69,7 +76,7 @@ fn deliver(
     sink: &mut dyn Sink,
     follower: &mut Option<&mut Follower>,
 ) -> io::Result<Flow> {
-    drain(tracer, sink, follower)?;
+    drain(tracer, sink, follower, false)?;
     sink.tick(&|| tracer.counters().map_err(io::Error::other))
 }
 
@@ -129,7 +136,7 @@ pub async fn run(
         }
     };
     // What arrived before the end still counts.
-    match drain(tracer, sink, &mut follower) {
+    match drain(tracer, sink, &mut follower, true) {
         Err(e) if is_closed_pipe(&e) => Ok(EndReason::OutputClosed),
         other => other.map(|()| reason).map_err(Into::into),
     }

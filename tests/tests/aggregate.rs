@@ -163,6 +163,73 @@ fn fixed_scenario_counts_sides_and_time_wait_producers() {
     assert!(row("tsp-a").unwrap().trim_end().ends_with(" 20"), "{final_block}");
 }
 
+/// The time in FIN_WAIT2 of a connection handed to a timewait socket is
+/// complete once a poll sees it in TIME_WAIT. With polls an hour apart, only
+/// the first batch is polled during the run; the second must still be in the
+/// final report, through the poll made on the way out.
+#[test]
+fn the_final_report_polls_once_more() {
+    if !kernel_tests_possible("final_poll") {
+        return;
+    }
+    const FIRST: u64 = 1;
+    const SECOND: u64 = 4;
+    let fin_wait2_count = |doc: &Value| {
+        doc["time_in_state"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["state"] == "FIN_WAIT2"))
+            .map_or(0, |d| d["count"].as_u64().unwrap())
+    };
+    let last = rerun_if_transitions_lost("final_poll", || {
+        let ns = Netns::new("fpoll");
+        let port = unique_port();
+        let port_arg = port.to_string();
+        let top = CommandRun::start(&[
+            "top",
+            "--json",
+            "--interval",
+            "1",
+            "--tw-poll",
+            "3600",
+            "--port",
+            &port_arg,
+        ]);
+        let addr = format!("127.0.0.1:{port}");
+        let batch = |n: u64| {
+            let n = n.to_string();
+            let server = Peer::server(
+                &ns,
+                "tsp-fp-srv",
+                &["server", "--listen", &addr, "--count", &n, "--close", "second"],
+            );
+            let client = Peer::spawn(
+                &ns,
+                "tsp-fp",
+                false,
+                &["client", "--connect", &addr, "--count", &n, "--close", "first"],
+            );
+            client.finish();
+            server.finish();
+        };
+        batch(FIRST);
+        // The first poll is due at once: a periodic view shows it made.
+        let polled = |o: &str| {
+            o.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|d| fin_wait2_count(&d) == FIRST)
+        };
+        assert!(top.wait_for_stdout(scaled(Duration::from_secs(30)), polled), "the first poll never showed");
+        batch(SECOND);
+        ns.wait_until_quiet();
+        let finished = top.stop();
+        let lost = finished.lost();
+        let last: Value = serde_json::from_str(finished.stdout.lines().last().unwrap()).unwrap();
+        (last, lost)
+    });
+    assert_eq!(last["time_wait"]["total"], FIRST + SECOND, "{last}");
+    assert_eq!(fin_wait2_count(&last), FIRST + SECOND, "{last}");
+}
+
 /// A server that holds each connection in CLOSE_WAIT for 200 ms.
 #[test]
 fn close_wait_hold_is_measured() {

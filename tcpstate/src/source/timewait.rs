@@ -111,9 +111,20 @@ impl Follower {
     /// Settles early ends, and dumps the namespaces with followed
     /// connections if the hooks leave anything to polling and a poll is due.
     pub fn poll_if_due(&mut self, events: &mut Vec<TwEvent>) -> anyhow::Result<()> {
+        self.poll(events, false)
+    }
+
+    /// The last look before the session ends: a poll whether due or not, so
+    /// that what the sockets show at the end is in the final report.
+    pub fn poll_now(&mut self, events: &mut Vec<TwEvent>) -> anyhow::Result<()> {
+        self.poll(events, true)
+    }
+
+    fn poll(&mut self, events: &mut Vec<TwEvent>, now: bool) -> anyhow::Result<()> {
         self.tracker.settle(Clock::monotonic_now_ns(), events);
         let polling = self.tracker.sources().needs_polling();
-        if !polling || Instant::now() < self.next_poll || self.tracker.is_empty() {
+        let due = now || Instant::now() >= self.next_poll;
+        if !polling || !due || self.tracker.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
