@@ -23,7 +23,7 @@ static CONFIG: Global<Config> = Global::new(Config::zeroed());
 
 // Sizes here are defaults; userspace resizes EVENTS and SOCKETS at load.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 #[map]
 static SOCKETS: LruHashMap<u64, SockRecord> = LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
 /// Listening port → owner, so that accepted children get an owner before
@@ -232,6 +232,7 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     };
     entry.write(Event {
+        kind: RECORD_TRANSITION,
         ts_ns: now,
         skaddr,
         in_old_state_ns,
@@ -249,7 +250,7 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
         close: rec.close,
         flags: if gap { rec.flags | FLAG_GAP } else { rec.flags },
         last_state,
-        _pad: [0; 5],
+        _pad: [0; 4],
     });
     // Waking the reader costs more than the rest of the program, so wake it
     // only once a batch is waiting; it also drains on a timer.
@@ -332,6 +333,7 @@ fn report_timewait(tw: u64, hook: u8, timeo: u32) {
         return;
     };
     entry.write(TwHookEvent {
+        kind: RECORD_TIMEWAIT_HOOK,
         // SAFETY: a plain helper call.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         twaddr: tw,
@@ -344,7 +346,8 @@ fn report_timewait(tw: u64, hook: u8, timeo: u32) {
         family,
         hook,
         substate: read(tw + u64::from(off.substate)),
-        _pad: [0; 4],
+        _pad0: 0,
+        _pad: [0; 6],
     });
     // Rare next to transitions: leave the wakeup to the transitions' policy.
     entry.submit(BPF_RB_NO_WAKEUP.into());

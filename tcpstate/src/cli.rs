@@ -4,14 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{
-    model::{timewait, transition::Family},
-    source::{
-        hooks::Hooks,
-        timewait::Follower,
-        tracer::{Filters, TracerOptions},
-    },
-};
+use crate::source::tracer::TracerOptions;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -68,13 +61,23 @@ pub struct CensusArgs {
     pub port: Vec<u16>,
     /// Also count per local port, remote address or owning process
     #[arg(long, value_enum)]
-    pub by: Option<crate::model::census::GroupBy>,
+    pub by: Option<CensusGroup>,
     /// One JSON document per census
     #[arg(long)]
     pub json: bool,
     /// Repeat every INTERVAL until Ctrl-C (e.g. 1, 500ms; 100ms to 1 day)
     #[arg(short, long, value_name = "INTERVAL", value_parser = parse_refresh)]
     pub watch: Option<Duration>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CensusGroup {
+    /// Local port
+    Lport,
+    /// Remote address
+    Raddr,
+    /// Owning process (timewait sockets have none)
+    Process,
 }
 
 #[derive(Debug, Args)]
@@ -143,31 +146,14 @@ pub struct FilterArgs {
     pub comm: Vec<String>,
 }
 
-impl FilterArgs {
-    pub fn to_filters(&self) -> Filters {
-        Filters {
-            family: match (self.ipv4, self.ipv6) {
-                (true, _) => Some(Family::Ipv4),
-                (_, true) => Some(Family::Ipv6),
-                _ => None,
-            },
-            lports: self.lport.clone(),
-            rports: self.rport.clone(),
-            ports: self.port.clone(),
-            pids: self.pid.clone(),
-            comms: self.comm.clone(),
-        }
-    }
-}
-
 #[derive(Debug, Args)]
 pub struct SessionArgs {
     /// Collect for this long once attached (e.g. 30, 30s, 5m; at most a year)
     #[arg(short, long, value_parser = parse_session_duration)]
     pub duration: Option<Duration>,
-    /// Ring buffer size: a power of two of at least 4K (e.g. 256K, 8M)
-    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_ring_size)]
-    pub ring_size: u32,
+    /// Ring buffer size: a power of two of at least 4K (e.g. 256K, 8M) [default: 8M]
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
+    pub ring_size: Option<u32>,
     /// Sockets the kernel-side table follows at once [default: twice the TCP
     /// sockets on the host at start, at least 65536]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(64..=TracerOptions::MAX_SOCKETS as i64))]
@@ -190,38 +176,6 @@ pub struct SessionArgs {
 pub enum TimewaitMode {
     Auto,
     SockDiag,
-}
-
-impl SessionArgs {
-    pub fn tracer_options(&self, filters: Filters) -> TracerOptions {
-        TracerOptions {
-            filters,
-            ring_bytes: self.ring_size,
-            max_sockets: self.max_sockets,
-            timewait_hooks: !self.no_timewait && self.tw_mode == TimewaitMode::Auto,
-            stream: 0,
-        }
-    }
-
-    /// For `stats` and `top`: aggregate time in state and the state gauges
-    /// in the kernel, and stream only what is counted one by one (closes,
-    /// and what the timewait follower needs).
-    pub fn summary_tracer_options(&self, filters: Filters) -> TracerOptions {
-        use tcpstate_ebpf::{STREAM_DEFER_HANDOVER, STREAM_REUSE_MARKERS, STREAM_SUMMARY};
-        let following = if self.no_timewait { 0 } else { STREAM_REUSE_MARKERS | STREAM_DEFER_HANDOVER };
-        TracerOptions { stream: STREAM_SUMMARY | following, ..self.tracer_options(filters) }
-    }
-
-    /// The timewait follower, unless turned off. With port filters, its
-    /// dumps keep only sockets on those ports.
-    pub fn follower(&self, filters: &Filters, hooks: &Hooks) -> Option<Follower> {
-        let mut ports: Vec<u16> =
-            [&filters.lports, &filters.rports, &filters.ports].into_iter().flatten().copied().collect();
-        ports.sort_unstable();
-        ports.dedup();
-        (!self.no_timewait)
-            .then(|| Follower::new(self.tw_poll, timewait::DEFAULT_CAPACITY, ports, hooks.sources()))
-    }
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {
@@ -317,20 +271,6 @@ mod tests {
     }
 
     #[test]
-    fn trace_filters() {
-        let cli =
-            parse(&["trace", "-4", "--port", "80,443", "--lport", "8080", "--port", "22", "--comm", "nginx"])
-                .unwrap();
-        let Command::Trace(t) = cli.command else { panic!() };
-        let f = t.filters.to_filters();
-        assert_eq!(f.family, Some(Family::Ipv4));
-        assert_eq!(f.ports, [80, 443, 22]);
-        assert_eq!(f.lports, [8080]);
-        assert_eq!(f.comms, ["nginx"]);
-        assert_eq!(t.session.ring_size, 8 << 20);
-    }
-
-    #[test]
     fn top_and_stats() {
         let cli = parse(&["top", "--interval", "500ms", "--json", "--port", "80"]).unwrap();
         let Command::Top(t) = cli.command else { panic!() };
@@ -349,7 +289,7 @@ mod tests {
     fn census() {
         let cli = parse(&["census", "--by", "lport", "--netns", "blue", "-w", "2s", "-6"]).unwrap();
         let Command::Census(c) = cli.command else { panic!() };
-        assert_eq!(c.by, Some(crate::model::census::GroupBy::Lport));
+        assert_eq!(c.by, Some(CensusGroup::Lport));
         assert_eq!(c.watch, Some(Duration::from_secs(2)));
         assert!(c.ipv6 && !c.ipv4);
         assert!(parse(&["census", "--by", "pid"]).is_err());

@@ -29,21 +29,27 @@ fn main() -> ExitCode {
     if tcpstate::sink::known_full(std::os::fd::AsFd::as_fd(&stdout)) {
         return fail(&anyhow::anyhow!("writing to stdout: no space left on the device it goes to"));
     }
-    let is_terminal = stdout.is_terminal();
-    let mut writer = stdout.lock();
-    let mut notice = |line: &str| {
-        if !line.is_empty() {
-            tcpstate::commands::to_stderr(format_args!("{line}\n"));
-        }
+    let config = match tcpstate::config::Config::resolve(cli, stdout.is_terminal()) {
+        Ok(config) => config,
+        Err(e) => return error_exit(e),
     };
-    let out = tcpstate::commands::Output { writer: &mut writer, is_terminal, on_ready: &mut notice };
-    match runtime.block_on(tcpstate::commands::run(cli, out)) {
+    let mut writer = stdout.lock();
+    let mut notices = |line: &str| tcpstate::commands::to_stderr(format_args!("{line}\n"));
+    let out = tcpstate::commands::Output { writer: &mut writer, notices: &mut notices };
+    match runtime.block_on(tcpstate::commands::run(config, out)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<tcpstate::UsageError>().is_some() => {
-            tcpstate::commands::to_stderr(format_args!("tcpstate: {e} (see --help)\n"));
+        Err(e) => error_exit(e),
+    }
+}
+
+/// A usage error (exit 2) or a failure (exit 1), in one line.
+fn error_exit(e: anyhow::Error) -> ExitCode {
+    match e.downcast_ref::<tcpstate::UsageError>() {
+        Some(usage) => {
+            tcpstate::commands::to_stderr(format_args!("tcpstate: {usage} (see --help)\n"));
             ExitCode::from(EXIT_USAGE)
         }
-        Err(e) => fail(&e),
+        None => fail(&e),
     }
 }
 

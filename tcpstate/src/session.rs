@@ -1,8 +1,10 @@
-//! The event loop shared by the commands: drain the ring buffer when woken
-//! or on a timer, until Ctrl-C, SIGTERM, SIGHUP, `--duration` (counted from
-//! here, once attached), or a closed stdout.
+//! A tracing session: [`start`] builds the tracer, the timewait follower
+//! and the aggregator's mode from the resolved configuration, in one place
+//! for every command; [`Running::run`] is the event loop: drain the ring
+//! buffer when woken or on a timer, until Ctrl-C, SIGTERM, SIGHUP,
+//! `--duration` (counted from attach), or a closed stdout.
 
-use std::{io, time::Duration};
+use std::{collections::BTreeMap, io, time::Duration};
 
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -11,9 +13,16 @@ use tokio::{
 };
 
 use crate::{
+    config,
+    model::{
+        aggregate::{Aggregator, DEFAULT_SOCKET_CAP, DEFAULT_TABLE_CAP},
+        counters::{KernelCounters, Readings},
+        timewait::{FollowerStats, Sources},
+    },
     sink::{Flow, Sink, is_closed_pipe},
     source::{
-        timewait::Follower,
+        follower::Follower,
+        procnet,
         tracer::{POLL_INTERVAL, Record, Tracer},
     },
 };
@@ -75,21 +84,26 @@ fn deliver(
     tracer: &mut Tracer,
     sink: &mut dyn Sink,
     follower: &mut Option<&mut Follower>,
+    tcpext_at_start: &BTreeMap<String, u64>,
 ) -> io::Result<Flow> {
     drain(tracer, sink, follower, false)?;
-    sink.tick(&|| tracer.counters().map_err(io::Error::other))
+    sink.tick(&|| readings(tracer, tcpext_at_start).map_err(io::Error::other))
+}
+
+fn readings(tracer: &Tracer, tcpext_at_start: &BTreeMap<String, u64>) -> anyhow::Result<Readings> {
+    Ok(Readings { counters: tracer.counters()?, tcpext: procnet::delta(tcpext_at_start, &procnet::tcpext()) })
 }
 
 /// The signals that end a session, listened to from before the start-up
 /// line: one sent as soon as it appears must not kill the process unreported.
-pub struct Signals {
+struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
     hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    pub fn listen() -> io::Result<Self> {
+    fn listen() -> io::Result<Self> {
         Ok(Self {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
@@ -98,12 +112,80 @@ impl Signals {
     }
 }
 
-pub async fn run(
+/// A session attached and collecting.
+pub struct Running {
+    tracer: Tracer,
+    follower: Option<Follower>,
+    /// Taken by the event loop.
+    signals: Option<Signals>,
+    duration: Option<Duration>,
+    summary: bool,
+    /// TcpExt counters at start: reports show what changed since.
+    tcpext_at_start: BTreeMap<String, u64>,
+}
+
+/// Listens for the ending signals, loads and attaches the program, and
+/// starts following timewait sockets, as `session` says.
+pub fn start(session: &config::Session) -> anyhow::Result<Running> {
+    let signals = Signals::listen()?;
+    let tcpext_at_start = procnet::tcpext();
+    let tracer = Tracer::start(&session.tracer_options())?;
+    let follower = session.following.as_ref().map(|f| Follower::new(f, tracer.hooks().sources()));
+    Ok(Running {
+        tracer,
+        follower,
+        signals: Some(signals),
+        duration: session.duration,
+        summary: session.summary,
+        tcpext_at_start,
+    })
+}
+
+impl Running {
+    /// How timewait sockets are followed, if they are.
+    pub fn following(&self) -> Option<Sources> {
+        self.follower.as_ref().map(Follower::sources)
+    }
+
+    /// An empty aggregate in the mode this session streams: in summary
+    /// mode the kernel keeps the histograms, and with a follower a
+    /// handover's FIN_WAIT2 time is recorded whole when its timewait socket
+    /// ends, as the stream bits chose.
+    pub fn aggregator(&self) -> Aggregator {
+        Aggregator::new(DEFAULT_TABLE_CAP, DEFAULT_SOCKET_CAP)
+            .following_timewait(self.following())
+            .summarized_in_kernel(self.summary)
+    }
+
+    pub fn counters(&self) -> anyhow::Result<KernelCounters> {
+        self.tracer.counters()
+    }
+
+    /// The counters, and the TcpExt counters' change since start.
+    pub fn readings(&self) -> anyhow::Result<Readings> {
+        readings(&self.tracer, &self.tcpext_at_start)
+    }
+
+    pub fn follower_stats(&self) -> Option<FollowerStats> {
+        self.follower.as_ref().map(Follower::stats)
+    }
+
+    /// Runs the event loop once; what arrived before the end still reaches
+    /// the sink.
+    pub async fn run(&mut self, sink: &mut dyn Sink) -> anyhow::Result<EndReason> {
+        let signals = self.signals.take().ok_or_else(|| anyhow::anyhow!("the session already ran"))?;
+        let Self { tracer, follower, duration, tcpext_at_start, .. } = self;
+        event_loop(tracer, sink, *duration, follower.as_mut(), signals, tcpext_at_start).await
+    }
+}
+
+async fn event_loop(
     tracer: &mut Tracer,
     sink: &mut dyn Sink,
     duration: Option<Duration>,
     mut follower: Option<&mut Follower>,
     signals: Signals,
+    tcpext_at_start: &BTreeMap<String, u64>,
 ) -> anyhow::Result<EndReason> {
     let Signals { mut interrupt, mut terminate, mut hangup } = signals;
     // SAFETY: the tracer owns the fd and outlives `ready`, which is dropped
@@ -128,7 +210,7 @@ pub async fn run(
             guard = ready.readable() => guard?.clear_ready(),
             _ = timer.tick() => {}
         }
-        match deliver(tracer, sink, &mut follower) {
+        match deliver(tracer, sink, &mut follower, tcpext_at_start) {
             Ok(Flow::Continue) => {}
             Ok(Flow::Stop) => break EndReason::Quit,
             Err(e) if is_closed_pipe(&e) => return Ok(EndReason::OutputClosed),

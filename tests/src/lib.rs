@@ -26,8 +26,8 @@ use std::{
 };
 
 use tcpstate::{
-    model::transition::{TcpState, Transition},
-    source::tracer::{Filters, Tracer, TracerOptions},
+    model::{filter::Filters, state::TcpState, transition::Transition},
+    source::tracer::{Tracer, TracerOptions},
 };
 
 /// Set by `cargo xtask test` as root: a test that cannot run then fails

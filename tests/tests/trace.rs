@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use tcpstate::{
-    model::transition::{CloseSide, Family, TcpState, Transition},
-    source::tracer::Filters,
+use tcpstate::model::{
+    filter::Filters,
+    state::{CloseSide, TcpState},
+    transition::{Family, Transition},
 };
 use tcpstate_tests::*;
 
@@ -165,13 +166,13 @@ fn e_ipv6_loopback() {
     let server = life_starting(&lives, TcpState::LISTEN, TcpState::SYN_RECV);
     assert_eq!(states(client), ["CLOSE", "SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE"]);
     for t in client[1..].iter().chain(&server[1..]) {
-        assert_eq!((t.saddr.to_string(), t.daddr.to_string()), ("::1".into(), "::1".into()));
+        assert_eq!((t.tuple.saddr.to_string(), t.tuple.daddr.to_string()), ("::1".into(), "::1".into()));
     }
     // Older kernels (6.1) record the child's LISTEN -> SYN_RECV before they
     // copy the peer's IPv6 address into it: `::` then.
     let first = server[0];
-    assert_eq!(first.saddr.to_string(), "::1");
-    assert!(["::1", "::"].contains(&first.daddr.to_string().as_str()), "{first:?}");
+    assert_eq!(first.tuple.saddr.to_string(), "::1");
+    assert!(["::1", "::"].contains(&first.tuple.daddr.to_string().as_str()), "{first:?}");
     assert_owned_by(client, client_pid, "tsp-client");
     assert_owned_by(server, server_pid, "tsp-server");
     assert_eq!(final_close(client), Some(CloseSide::Active));
@@ -211,17 +212,23 @@ fn f_port_and_family_filters() {
     });
     let [port, lport, rport, v6, v4] = <[Vec<Transition>; 5]>::try_from(got).unwrap();
     assert!(closed_connections(&port, 2));
-    assert!(port.iter().all(|t| t.sport == p4 || t.dport == p4), "{port:#?}");
+    assert!(port.iter().all(|t| t.tuple.sport == p4 || t.tuple.dport == p4), "{port:#?}");
 
     assert!(closed_connections(&lport, 1));
-    assert!(lport.iter().all(|t| t.sport == p4), "{lport:#?}");
+    assert!(lport.iter().all(|t| t.tuple.sport == p4), "{lport:#?}");
     assert!(closed_connections(&rport, 1));
-    assert!(rport.iter().all(|t| t.dport == p4), "{rport:#?}");
+    assert!(rport.iter().all(|t| t.tuple.dport == p4), "{rport:#?}");
 
     assert!(closed_connections(&v6, 2));
-    assert!(v6.iter().all(|t| t.family == Family::Ipv6 && (t.sport == p6 || t.dport == p6)), "{v6:#?}");
+    assert!(
+        v6.iter().all(|t| t.family == Family::Ipv6 && (t.tuple.sport == p6 || t.tuple.dport == p6)),
+        "{v6:#?}"
+    );
     assert!(closed_connections(&v4, 2));
-    assert!(v4.iter().all(|t| t.family == Family::Ipv4 && (t.sport == p4 || t.dport == p4)), "{v4:#?}");
+    assert!(
+        v4.iter().all(|t| t.family == Family::Ipv4 && (t.tuple.sport == p4 || t.tuple.dport == p4)),
+        "{v4:#?}"
+    );
 }
 
 /// Owner filters select on the attributed owner, so they see the whole life

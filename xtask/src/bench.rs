@@ -7,7 +7,7 @@
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
@@ -60,7 +60,7 @@ impl Mode {
         match self {
             Mode::Untraced => "untraced",
             Mode::Floor => "no-op program (floor)",
-            Mode::TraceJson => "trace --json >/dev/null",
+            Mode::TraceJson => "trace --json | last line",
             Mode::Stats => "stats",
             Mode::StatsNoTimewait => "stats --no-timewait",
             Mode::Top => "top (not a TTY)",
@@ -151,23 +151,38 @@ fn tv_secs(tv: libc::timeval) -> f64 {
     tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6
 }
 
-/// Pulls transitions counted, events received and events dropped out of
-/// what the tracer printed.
-fn parse_counts(mode: Mode, stdout: &str, stderr: &str) -> (Option<u64>, Option<u64>, Option<u64>) {
-    if mode == Mode::TraceJson {
-        let line = stderr.lines().find(|l| l.starts_with("events received")).unwrap_or("");
-        let num = |key: &str| {
-            line.split(key)
-                .nth(1)
-                .and_then(|rest| rest.trim().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
-        };
-        let total = stderr.lines().find_map(|l| l.strip_prefix("total")).and_then(|n| n.trim().parse().ok());
-        return (total, num("events received"), num("dropped (ring buffer full)"));
-    }
-    let last = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or("{}");
-    let v: serde_json::Value = serde_json::from_str(last).unwrap_or_default();
+/// Transitions counted, events received and events dropped, from the
+/// tracer's last JSON line: `trace --json`'s summary record, or the final
+/// report of `stats` and `top`. Both carry `transitions` and `losses`.
+fn parse_counts(last_json_line: &str) -> (Option<u64>, Option<u64>, Option<u64>) {
+    let v: serde_json::Value = serde_json::from_str(last_json_line).unwrap_or_default();
     let total = v["transitions"].as_array().map(|t| t.iter().filter_map(|t| t["count"].as_u64()).sum());
     (total, v["losses"]["events_received"].as_u64(), v["losses"]["events_dropped"].as_u64())
+}
+
+/// Reads a stream to its end, keeping only its last complete line: the
+/// tracer never blocks on a full pipe, and a long trace costs no memory.
+fn last_line(mut out: impl std::io::Read) -> String {
+    let (mut chunk, mut tail) = (vec![0u8; 1 << 16], Vec::new());
+    while let Ok(n) = out.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        tail.extend_from_slice(&chunk[..n]);
+        // Keep from the start of the last line that may be incomplete or last.
+        let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
+        if let Some(cut) = body.iter().rposition(|&b| b == b'\n') {
+            tail.drain(..=cut);
+        }
+    }
+    String::from_utf8_lossy(&tail).trim().to_string()
+}
+
+/// Waits for the tracer's start-up line on stderr, whatever its wording;
+/// `false` if stderr closed first (the tracer failed; its status says how).
+fn started(stderr: &mut impl BufRead) -> anyhow::Result<bool> {
+    let mut line = String::new();
+    Ok(stderr.read_line(&mut line)? > 0)
 }
 
 fn traced(
@@ -177,22 +192,14 @@ fn traced(
     mode: Mode,
     args: &[String],
 ) -> anyhow::Result<Run> {
-    let stdout = if mode == Mode::TraceJson { Stdio::null() } else { Stdio::piped() };
-    let mut child = Command::new(tcpstate).args(args).stdout(stdout).stderr(Stdio::piped()).spawn()?;
+    let mut child =
+        Command::new(tcpstate).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let mut stderr = BufReader::new(child.stderr.take().context("stderr")?);
-    let mut line = String::new();
-    stderr.read_line(&mut line)?;
-    if !line.contains("Hit Ctrl-C") {
-        bail!("{} did not start: {line}", mode.name());
+    let reader = child.stdout.take().map(|out| std::thread::spawn(move || last_line(out)));
+    if !started(&mut stderr)? {
+        let _ = child.wait();
+        bail!("{} did not start", mode.name());
     }
-    // Read stdout as it comes, so the tracer never blocks on a full pipe.
-    let reader = child.stdout.take().map(|mut out| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = out.read_to_string(&mut text);
-            text
-        })
-    });
     let (connections, seconds) = churn(churn_bin, opts, false)?;
     let map = map_bytes(child.id());
     // SAFETY: signalling our own child.
@@ -201,10 +208,8 @@ fn traced(
     if status != 0 {
         bail!("{} exited with status {status}", mode.name());
     }
-    let mut err_text = String::new();
-    stderr.read_to_string(&mut err_text)?;
-    let out_text = reader.map(|r| r.join().unwrap_or_default()).unwrap_or_default();
-    let (transitions, events, dropped) = parse_counts(mode, &out_text, &err_text);
+    let last = reader.map(|r| r.join().unwrap_or_default()).unwrap_or_default();
+    let (transitions, events, dropped) = parse_counts(&last);
     Ok(Run {
         connections,
         seconds,
@@ -240,8 +245,10 @@ fn program_ns_per_run(
     fs::write(knob, "1").context("enabling bpf_stats")?;
     let mut child =
         Command::new(tcpstate).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stderr.take().context("stderr")?).read_line(&mut line)?;
+    if !started(&mut BufReader::new(child.stderr.take().context("stderr")?))? {
+        let _ = child.wait();
+        bail!("{} did not start", mode.name());
+    }
     churn(churn_bin, opts, false)?;
     let mut per_run = None;
     for entry in fs::read_dir(format!("/proc/{}/fdinfo", child.id()))?.flatten() {
@@ -365,22 +372,24 @@ fn attach_cost(tcpstate: &Path, reps: usize) -> anyhow::Result<serde_json::Value
     for command in commands {
         let (mut times, mut rss) = (Vec::new(), Vec::new());
         for _ in 0..reps {
-            let started = std::time::Instant::now();
+            let start = std::time::Instant::now();
             let mut child = Command::new(tcpstate)
                 .args(command)
                 .args(["--port", &PORT.to_string()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()?;
-            let mut line = String::new();
-            BufReader::new(child.stderr.take().context("stderr")?).read_line(&mut line)?;
-            if !line.contains("Hit Ctrl-C") {
-                bail!("{command:?} did not start: {line}");
+            if !started(&mut BufReader::new(child.stderr.take().context("stderr")?))? {
+                let _ = child.wait();
+                bail!("{command:?} did not start");
             }
-            times.push(started.elapsed().as_secs_f64() * 1e3);
+            times.push(start.elapsed().as_secs_f64() * 1e3);
             // SAFETY: signalling our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-            let (_, usage) = wait_rusage(&child)?;
+            let (status, usage) = wait_rusage(&child)?;
+            if status != 0 {
+                bail!("{command:?} exited with status {status}");
+            }
             rss.push(usage.ru_maxrss as f64 / 1024.0);
         }
         let (ms, mib) = (median(times), median(rss));
@@ -531,4 +540,19 @@ fn measure(tcpstate: &Path, churn_bin: &Path, opts: &Options) -> anyhow::Result<
         "cpu_accounting": model,
     });
     Ok(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_from_the_last_json_line() {
+        let stream = "{\"kind\":\"transition\"}\n".repeat(20_000)
+            + "{\"kind\":\"summary\",\"transitions\":[{\"count\":3},{\"count\":4}],\"losses\":{\"events_received\":9,\"events_dropped\":0}}\n";
+        let last = last_line(stream.as_bytes());
+        assert!(last.starts_with("{\"kind\":\"summary\""), "{last}");
+        assert_eq!(parse_counts(&last), (Some(7), Some(9), Some(0)));
+        assert_eq!(last_line("".as_bytes()), "");
+    }
 }

@@ -4,6 +4,7 @@
 //! fresh machine.
 
 mod bench;
+mod layers;
 mod setup;
 mod vm;
 
@@ -52,8 +53,11 @@ enum Task {
         #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
         repeat: u32,
     },
-    /// rustfmt and clippy, host and eBPF sides
+    /// rustfmt and clippy, host and eBPF sides, and the layer check
     Lint,
+    /// Check that tcpstate's modules import only from the layers below
+    /// theirs, with no import cycles; print files and lines per layer
+    Layers,
     /// Measure tracer overhead under connection churn (root; not a test)
     Bench(bench::Options),
 }
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
             setup::setup().and_then(|()| vm::setup()).and_then(|()| vm::vm_test_repeated(repeat))
         }
         Task::Lint => setup::setup().and_then(|()| lint()),
+        Task::Layers => layers::check(),
         Task::Bench(opts) => setup::setup().and_then(|()| bench::bench(&opts)),
     };
     match result {
@@ -203,6 +208,7 @@ pub fn slowest_attach(log: &str) -> String {
 }
 
 fn lint() -> anyhow::Result<()> {
+    layers::check()?;
     run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
     run_cmd(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     // The program itself, as it is built for the kernel.

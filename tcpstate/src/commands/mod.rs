@@ -1,34 +1,32 @@
-//! One module per subcommand.
+//! One module per subcommand. Each reads its part of the resolved
+//! [`Config`], starts a session (or opens sock_diag) and hands the results
+//! to its sinks.
 
 pub mod census;
-pub mod report;
+pub mod stats;
 pub mod sysctl;
+pub mod top;
 pub mod trace;
 
 use std::io::Write;
 
-use crate::{
-    cli::{Cli, Command},
-    source::timewait::Follower,
-};
+use crate::config::Config;
 
 /// Where a command's results go: stdout, or a buffer in tests.
 pub struct Output<'a> {
     pub writer: &'a mut dyn Write,
-    /// Whether the writer is a terminal (`top` then draws its dashboard).
-    pub is_terminal: bool,
-    /// Told once the command is under way (the program attached, or the
-    /// socket open), with a line for the user.
-    pub on_ready: &'a mut dyn FnMut(&str),
+    /// Lines for the user beside the results (stderr): the start-up line,
+    /// once the command is under way, and the end-of-run summaries.
+    pub notices: &'a mut dyn FnMut(&str),
 }
 
-pub async fn run(cli: Cli, out: Output<'_>) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Trace(args) => trace::run(args, out).await,
-        Command::Top(args) => report::top(args, out).await,
-        Command::Stats(args) => report::stats(args, out).await,
-        Command::Census(args) => census::run(args, out).await,
-        Command::Sysctl(args) => sysctl::run(args, out),
+pub async fn run(config: Config, out: Output<'_>) -> anyhow::Result<()> {
+    match config {
+        Config::Trace(c) => trace::run(c, out).await,
+        Config::Report(c) if c.view == crate::config::View::Final => stats::run(c, out).await,
+        Config::Report(c) => top::run(c, out).await,
+        Config::Census(c) => census::run(c, out).await,
+        Config::Sysctl(c) => sysctl::run(c, out),
     }
 }
 
@@ -36,27 +34,4 @@ pub async fn run(cli: Cli, out: Output<'_>) -> anyhow::Result<()> {
 /// end the run nor cost the report on stdout.
 pub fn to_stderr(text: std::fmt::Arguments<'_>) {
     let _ = std::io::stderr().write_fmt(text);
-}
-
-/// Says how timewait sockets are followed, for the start-up line. Why the
-/// exact hooks did not attach is normal on many kernels: `-v` says it.
-pub fn following(follower: Option<&Follower>) -> String {
-    let Some(f) = follower else { return String::new() };
-    format!(", following timewait sockets by {}", f.tracker.sources().describe())
-}
-
-/// What following timewait sockets cost, for the summary.
-pub fn follower_summary(f: &Follower) -> String {
-    let c = f.cost;
-    format!(
-        "timewait sockets ({}): {} still followed, {} polls read {} sockets in {:.1} ms, {} in unreachable namespaces, {} over capacity, {} TIME_WAIT timers restarted",
-        f.tracker.sources().describe(),
-        f.tracker.len(),
-        c.polls,
-        c.sockets_read,
-        c.time.as_secs_f64() * 1e3,
-        c.unreachable,
-        f.tracker.over_capacity,
-        f.tracker.rearmed
-    )
 }

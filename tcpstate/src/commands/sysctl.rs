@@ -2,37 +2,17 @@
 
 use std::path::Path;
 
-use serde::Serialize;
-
 use super::Output;
 use crate::{
-    cli::SysctlArgs,
-    source::{
-        procnet::{KNOBS, TIME_WAIT_LEN_S, read_knob},
-        sockdiag::Netns,
-    },
+    config::Sysctl,
+    model::sysctl::{Setting, Settings},
+    sink::{is_closed_pipe, sysctl::render},
+    source::procnet::{KNOBS, TIME_WAIT_LEN_S, read_knob},
 };
 
-#[derive(Serialize)]
-struct Setting {
-    name: String,
-    /// `None` where the running kernel has no such setting.
-    value: Option<String>,
-    meaning: &'static str,
-}
-
-#[derive(Serialize)]
-struct Settings {
-    netns: String,
-    time_wait_len_s: u64,
-    settings: Vec<Setting>,
-}
-
-pub fn run(args: SysctlArgs, out: Output<'_>) -> anyhow::Result<()> {
-    (out.on_ready)("");
-    let netns = args.netns.as_deref().map(Netns::from_arg).transpose()?.unwrap_or_default();
+pub fn run(config: Sysctl, out: Output<'_>) -> anyhow::Result<()> {
     // /proc/sys/net shows the namespace of the thread that reads it.
-    let settings = netns.run(|| {
+    let settings = config.netns.run(|| {
         let root = Path::new("/proc/sys/net/ipv4");
         Ok(KNOBS
             .iter()
@@ -43,35 +23,9 @@ pub fn run(args: SysctlArgs, out: Output<'_>) -> anyhow::Result<()> {
             })
             .collect::<Vec<_>>())
     })?;
-    let doc = Settings {
-        netns: args.netns.unwrap_or_else(|| "this network namespace".into()),
-        time_wait_len_s: TIME_WAIT_LEN_S,
-        settings,
-    };
-    let mut text = String::new();
-    if args.json {
-        text = serde_json::to_string(&doc)? + "\n";
-    } else {
-        use std::fmt::Write as _;
-        writeln!(text, "TCP TIME_WAIT settings in {}", doc.netns)?;
-        writeln!(
-            text,
-            "  {:<32} {:<20} fixed in the kernel (TCP_TIMEWAIT_LEN): no sysctl changes it; the timer wheel fires it up to a few seconds late",
-            "TIME_WAIT length",
-            format!("{TIME_WAIT_LEN_S} s")
-        )?;
-        for s in &doc.settings {
-            let value = s.value.as_deref().unwrap_or("(not in this kernel)");
-            writeln!(
-                text,
-                "  {:<32} {value:<20} {}",
-                s.name,
-                s.meaning.split_whitespace().collect::<Vec<_>>().join(" ")
-            )?;
-        }
-    }
-    match out.writer.write_all(text.as_bytes()) {
-        Err(e) if crate::sink::is_closed_pipe(&e) => Ok(()),
+    let doc = Settings { netns: config.netns_name, time_wait_len_s: TIME_WAIT_LEN_S, settings };
+    match out.writer.write_all(render(&doc, config.format)?.as_bytes()) {
+        Err(e) if is_closed_pipe(&e) => Ok(()),
         other => Ok(other?),
     }
 }

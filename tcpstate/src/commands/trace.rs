@@ -1,48 +1,49 @@
 //! `tcpstate trace`: one line or JSON object per transition.
 
-use super::{Output, follower_summary, following};
+use super::Output;
 use crate::{
-    cli::TraceArgs,
+    config::Trace,
     model::clock::Clock,
-    session,
+    session::{self, EndReason},
     sink::{
-        Sink, is_closed_pipe,
+        Format, Sink, is_closed_pipe,
         json::JsonSink,
+        notices,
         text::{TextSink, address_width},
     },
-    source::tracer::Tracer,
 };
 
-pub async fn run(args: TraceArgs, out: Output<'_>) -> anyhow::Result<()> {
-    let signals = session::Signals::listen()?;
-    let filters = args.filters.to_filters();
-    let mut tracer = Tracer::start(&args.session.tracer_options(filters.clone()))?;
-    let mut follower = args.session.follower(&filters, tracer.hooks());
+pub async fn run(config: Trace, out: Output<'_>) -> anyhow::Result<()> {
+    let mut session = session::start(&config.session)?;
     let clock = Clock::new();
-    let mut sink: Box<dyn Sink + '_> = if args.json {
-        Box::new(JsonSink::new(out.writer, clock))
-    } else {
-        match TextSink::new(out.writer, clock, address_width(args.filters.ipv4)) {
+    let mut sink: Box<dyn Sink + '_> = match config.format {
+        Format::Json => Box::new(JsonSink::new(out.writer, clock)),
+        Format::Text => match TextSink::new(out.writer, clock, address_width(config.ipv4_only)) {
             Ok(sink) => Box::new(sink),
-            Err(e) if is_closed_pipe(&e) => return summarize(&tracer),
+            Err(e) if is_closed_pipe(&e) => {
+                (out.notices)(&notices::kernel_counters(&session.counters()?));
+                return Ok(());
+            }
             Err(e) => return Err(e.into()),
-        }
+        },
     };
-    (out.on_ready)(&format!(
-        "Tracing TCP state transitions{}. Hit Ctrl-C to end.",
-        following(follower.as_ref())
+    (out.notices)(&notices::start_line(
+        "Tracing TCP state transitions",
+        session.following(),
+        "Hit Ctrl-C to end.",
     ));
-    let reason =
-        session::run(&mut tracer, sink.as_mut(), args.session.duration, follower.as_mut(), signals).await?;
+    let reason = session.run(sink.as_mut()).await?;
     log::info!("trace ended: {reason:?}");
-    summarize(&tracer)?;
-    if let Some(f) = &follower {
-        super::to_stderr(format_args!("{}\n", follower_summary(f)));
+    let counters = session.counters()?;
+    if reason != EndReason::OutputClosed {
+        match sink.summary(&counters) {
+            Err(e) if is_closed_pipe(&e) => {}
+            other => other.map_err(session::naming_stdout)?,
+        }
     }
-    Ok(())
-}
-
-fn summarize(tracer: &Tracer) -> anyhow::Result<()> {
-    super::to_stderr(format_args!("\n{}", tracer.counters()?));
+    (out.notices)(&format!("\n{}", notices::kernel_counters(&counters)));
+    if let Some(stats) = session.follower_stats() {
+        (out.notices)(&notices::follower(&stats));
+    }
     Ok(())
 }

@@ -13,8 +13,9 @@ use rustc_hash::FxHashMap as HashMap;
 use tcpstate_ebpf::TCP_STATE_COUNT;
 
 use super::{
+    state::{CloseSide, TcpState},
     timewait::{EndCause, Sources, TwEvent},
-    transition::{CloseSide, Comm, Owner, TcpState, Transition},
+    transition::{Comm, Owner, Transition},
 };
 
 /// Rows an aggregate table keeps before counting new keys under "other".
@@ -221,22 +222,6 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(HIST_LOW_NS, HIST_HIGH_NS, 2).expect("constant bounds are valid")
 }
 
-/// Whether this transition is a connection entering TIME_WAIT: the active
-/// (or simultaneous) closer's full socket handing over to a timewait socket
-/// (docs/ARCHITECTURE.md, "Timewait sockets").
-pub fn enters_time_wait(t: &Transition) -> bool {
-    tcpstate_ebpf::hands_over_to_timewait(
-        t.old.0,
-        t.new.0,
-        t.close.map_or(tcpstate_ebpf::CLOSE_UNKNOWN, CloseSide::raw),
-    )
-}
-
-/// A connection (not a listener) reaching CLOSE.
-fn connection_closed(t: &Transition) -> bool {
-    t.new == TcpState::CLOSE && t.old != TcpState::LISTEN
-}
-
 #[derive(Clone, Debug)]
 pub struct Aggregator {
     pub sockets: SocketTable,
@@ -346,14 +331,14 @@ impl Aggregator {
             // A followed handover's FIN_WAIT2 time is recorded whole when its
             // timewait socket ends.
             let deferred =
-                self.follows_timewait.is_some() && t.old == TcpState::FIN_WAIT2 && enters_time_wait(t);
+                self.follows_timewait.is_some() && t.old == TcpState::FIN_WAIT2 && t.enters_time_wait();
             if let Some(ns) = t.in_old_state_ns
                 && !deferred
             {
                 self.record(t.old, ns);
             }
         }
-        if !connection_closed(t) {
+        if !t.closes_connection() {
             return;
         }
         if t.seen_from_start {
@@ -365,16 +350,16 @@ impl Aggregator {
                 self.closes.add(side);
                 self.closes_by_process.entry(process).add(side);
                 self.closes_by_comm.entry(process.comm).add(side);
-                self.closes_by_lport.entry(t.sport).add(side);
-                self.closes_by_raddr.entry(t.daddr).add(side);
+                self.closes_by_lport.entry(t.tuple.sport).add(side);
+                self.closes_by_raddr.entry(t.tuple.daddr).add(side);
             }
             None => self.closes_unknown += 1,
         }
-        if enters_time_wait(t) {
+        if t.enters_time_wait() {
             self.time_wait += 1;
             *self.time_wait_by_process.entry(process) += 1;
-            *self.time_wait_by_lport.entry(t.sport) += 1;
-            *self.time_wait_by_remote.entry(SocketAddr::new(t.daddr, t.dport)) += 1;
+            *self.time_wait_by_lport.entry(t.tuple.sport) += 1;
+            *self.time_wait_by_remote.entry(SocketAddr::new(t.tuple.daddr, t.tuple.dport)) += 1;
         }
     }
 }
@@ -383,17 +368,22 @@ impl Aggregator {
 pub(crate) mod tests {
     use super::*;
     use crate::model::timewait::Measured;
-    use crate::model::transition::{Family, Owner};
+    use crate::model::{
+        socket::FourTuple,
+        transition::{Family, Owner},
+    };
 
     pub(crate) fn step(skaddr: u64, old: TcpState, new: TcpState, close: Option<CloseSide>) -> Transition {
         Transition {
             ts_ns: 10_000_000_000,
             skaddr,
             family: Family::Ipv4,
-            saddr: "10.0.0.1".parse().unwrap(),
-            sport: 8080,
-            daddr: "10.0.0.2".parse().unwrap(),
-            dport: 40000 + (skaddr % 1000) as u16,
+            tuple: FourTuple {
+                saddr: "10.0.0.1".parse().unwrap(),
+                sport: 8080,
+                daddr: "10.0.0.2".parse().unwrap(),
+                dport: 40000 + (skaddr % 1000) as u16,
+            },
             old,
             new,
             in_old_state_ns: Some(2_000_000),
@@ -500,7 +490,7 @@ pub(crate) mod tests {
         // The handover's 2 ms of FIN_WAIT2 wait for the timewait socket's end.
         assert_eq!(agg.time_in_state[TcpState::FIN_WAIT2.0 as usize].len(), 0);
         let t = step(1, TcpState::FIN_WAIT2, TcpState::CLOSE, Some(CloseSide::Active));
-        let key = TwKey { netns: 1, saddr: t.saddr, sport: t.sport, daddr: t.daddr, dport: t.dport };
+        let key = TwKey { netns: 1, tuple: t.tuple };
         agg.observe_timewait(&TwEvent::Entered {
             mode: Measured::SockDiag,
             key,

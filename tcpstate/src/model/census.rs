@@ -8,10 +8,9 @@ use std::{
 
 use serde::Serialize;
 
-use super::transition::{Comm, TcpState};
-use crate::source::sockdiag::SockEntry;
+use super::{socket::SockEntry, state::TcpState, transition::Comm};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupBy {
     /// Local port
     Lport,
@@ -86,8 +85,8 @@ pub struct Census {
 
 fn group_key(s: &SockEntry, by: GroupBy, owners: &Owners) -> String {
     match by {
-        GroupBy::Lport => s.sport.to_string(),
-        GroupBy::Raddr => s.daddr.to_string(),
+        GroupBy::Lport => s.tuple.sport.to_string(),
+        GroupBy::Raddr => s.tuple.daddr.to_string(),
         GroupBy::Process => match owners.get(&s.inode) {
             Some((pid, comm)) => format!("{pid}/{comm}"),
             None if s.timewait => "(timewait: no owner in the kernel)".into(),
@@ -143,42 +142,20 @@ impl Census {
     }
 }
 
-/// Maps socket inodes to the processes holding them, by reading
-/// `/proc/PID/fd`. Processes that vanish or deny access are skipped.
-pub fn socket_owners() -> Owners {
-    let mut owners = Owners::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else { return owners };
-    for proc_entry in procs.flatten() {
-        let Some(pid) = proc_entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else { continue };
-        let comm = std::fs::read_to_string(proc_entry.path().join("comm")).unwrap_or_default();
-        let comm = Comm::from(comm.trim_end());
-        for fd in fds.flatten() {
-            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
-            let inode = target
-                .to_str()
-                .and_then(|t| t.strip_prefix("socket:["))
-                .and_then(|t| t.strip_suffix(']'))
-                .and_then(|n| n.parse::<u32>().ok());
-            if let Some(inode) = inode {
-                owners.entry(inode).or_insert((pid, comm));
-            }
-        }
-    }
-    owners
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::socket::FourTuple;
 
     fn sock(state: TcpState, sport: u16, timewait: bool, expires_ms: u64, inode: u32) -> SockEntry {
         SockEntry {
             state,
-            saddr: "127.0.0.1".parse().unwrap(),
-            sport,
-            daddr: "127.0.0.2".parse().unwrap(),
-            dport: 80,
+            tuple: FourTuple {
+                saddr: "127.0.0.1".parse().unwrap(),
+                sport,
+                daddr: "127.0.0.2".parse().unwrap(),
+                dport: 80,
+            },
             timewait,
             expires: timewait.then(|| Duration::from_millis(expires_ms)),
             inode,
@@ -224,16 +201,5 @@ mod tests {
         let c = Census::build(&socks, Some(GroupBy::Raddr), &Owners::new(), "n".into(), "t".into());
         assert_eq!(c.groups[0].key, "127.0.0.2");
         assert!(Census::build(&socks, None, &Owners::new(), "n".into(), "t".into()).groups.is_empty());
-    }
-
-    #[test]
-    fn finds_our_own_socket_owner() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        use std::os::fd::AsRawFd as _;
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", listener.as_raw_fd())).unwrap();
-        let inode: u32 =
-            link.to_str().unwrap().trim_start_matches("socket:[").trim_end_matches(']').parse().unwrap();
-        let owners = socket_owners();
-        assert_eq!(owners.get(&inode).map(|o| o.0), Some(std::process::id()));
     }
 }

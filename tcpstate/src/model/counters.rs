@@ -1,10 +1,10 @@
 //! The kernel's own counters: exact even when events were dropped.
 
-use std::{collections::BTreeMap, fmt};
+use std::collections::BTreeMap;
 
 use tcpstate_ebpf::{HIST_BUCKETS, TCP_STATE_COUNT};
 
-use super::transition::TcpState;
+use super::state::TcpState;
 
 /// Time spent in one state, as the kernel aggregates it in summary mode.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,55 +112,17 @@ impl KernelCounters {
     }
 }
 
-/// The end-of-run summary, for stderr.
-impl fmt::Display for KernelCounters {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{:<11}    {:<11} {:>12}", "OLDSTATE", "NEWSTATE", "TRANSITIONS")?;
-        for ((old, new), n) in &self.transitions {
-            writeln!(f, "{old:<11} -> {new:<11} {n:>12}")?;
-        }
-        writeln!(f, "{:<26} {:>12}", "total", self.total_transitions())?;
-        let skipped = self.recursion_misses.map_or("n/a".to_string(), |n| n.to_string());
-        write!(
-            f,
-            "events received {}, dropped (ring buffer full) {}, socket-table insert failures {}, \
-             unreadable records {}, tracepoint hits skipped by the kernel {}, \
-             sockets with missed transitions {}, live sockets evicted from the socket table {}",
-            self.received,
-            self.ringbuf_full,
-            self.socket_insert_failed,
-            self.read_failed,
-            skipped,
-            self.sockets_with_gaps,
-            self.sockets_evicted
-        )?;
-        if self.malformed > 0 {
-            write!(f, ", malformed records {}", self.malformed)?;
-        }
-        writeln!(f)
-    }
+/// What a sink reads on its tick: the kernel's counters, and how the
+/// TcpExt counters (`/proc/net/netstat`) moved since the session began.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Readings {
+    pub counters: KernelCounters,
+    pub tcpext: BTreeMap<String, u64>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn summary_lists_pairs_and_losses() {
-        let mut c =
-            KernelCounters { ringbuf_full: 3, recursion_misses: Some(0), received: 5, ..Default::default() };
-        c.transitions.insert((TcpState::ESTABLISHED, TcpState::FIN_WAIT1), 2);
-        c.transitions.insert((TcpState::CLOSE, TcpState::SYN_SENT), 6);
-        assert_eq!(c.total_transitions(), 8);
-        let text = c.to_string();
-        let lines: Vec<_> = text.lines().collect();
-        assert_eq!(lines[1], "ESTABLISHED -> FIN_WAIT1              2");
-        assert_eq!(lines[2], "CLOSE       -> SYN_SENT               6");
-        assert!(lines[3].starts_with("total") && lines[3].ends_with(" 8"));
-        assert!(lines[4].contains("dropped (ring buffer full) 3"));
-        assert!(lines[4].contains("skipped by the kernel 0"));
-        assert!(lines[4].contains("sockets with missed transitions 0"));
-    }
 
     #[test]
     fn deltas() {

@@ -1,6 +1,6 @@
 //! One report shape for `stats` and every `top` refresh, so both show the
 //! same numbers. Serialised as the documented JSON; rendered as text by
-//! `sink::report`.
+//! `sink::report_text`.
 
 use std::net::IpAddr;
 
@@ -10,7 +10,8 @@ use serde::Serialize;
 use super::{
     aggregate::{Aggregator, CappedTable, Ends, HIST_LOW_NS, ProcessKey, Sides, Tally},
     counters::{KernelCounters, StateHistogram},
-    transition::{Comm, TcpState},
+    state::TcpState,
+    transition::Comm,
 };
 
 /// A ranked table: the top rows, and everything else summed.
@@ -194,6 +195,17 @@ pub struct TransitionCount {
     pub count: u64,
 }
 
+impl TransitionCount {
+    /// The kernel's exact counts, per pair.
+    pub fn all(counters: &KernelCounters) -> Vec<Self> {
+        counters
+            .transitions
+            .iter()
+            .map(|(&(old, new), &count)| Self { old: old.name(), new: new.name(), count })
+            .collect()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Losses {
     pub events_received: u64,
@@ -208,6 +220,41 @@ pub struct Losses {
     /// Live sockets the kernel's socket table forgot to make room for
     /// others; their later transitions have no owner or timing.
     pub sockets_evicted: u64,
+}
+
+impl Losses {
+    pub fn of(counters: &KernelCounters) -> Self {
+        Self {
+            events_received: counters.received,
+            events_dropped: counters.ringbuf_full,
+            socket_insert_failed: counters.socket_insert_failed,
+            unreadable_records: counters.read_failed,
+            tracepoint_hits_skipped: counters.recursion_misses,
+            sockets_with_missed_transitions: counters.sockets_with_gaps,
+            sockets_evicted: counters.sockets_evicted,
+        }
+    }
+}
+
+/// The last line of `trace --json`: the kernel's exact counts over the run,
+/// and every way an event can be lost.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TraceSummary {
+    pub kind: &'static str,
+    pub transitions: Vec<TransitionCount>,
+    pub total_transitions: u64,
+    pub losses: Losses,
+}
+
+impl TraceSummary {
+    pub fn of(counters: &KernelCounters) -> Self {
+        Self {
+            kind: "summary",
+            transitions: TransitionCount::all(counters),
+            total_transitions: counters.total_transitions(),
+            losses: Losses::of(counters),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -315,20 +362,8 @@ impl Report {
                     }
                 }
             },
-            transitions: counters
-                .transitions
-                .iter()
-                .map(|(&(old, new), &count)| TransitionCount { old: old.name(), new: new.name(), count })
-                .collect(),
-            losses: Losses {
-                events_received: counters.received,
-                events_dropped: counters.ringbuf_full,
-                socket_insert_failed: counters.socket_insert_failed,
-                unreadable_records: counters.read_failed,
-                tracepoint_hits_skipped: counters.recursion_misses,
-                sockets_with_missed_transitions: counters.sockets_with_gaps,
-                sockets_evicted: counters.sockets_evicted,
-            },
+            transitions: TransitionCount::all(counters),
+            losses: Losses::of(counters),
             tcpext: Default::default(),
         }
     }

@@ -5,92 +5,12 @@ use std::{
     net::{IpAddr, Ipv6Addr},
 };
 
-use tcpstate_ebpf as abi;
+use tcpstate_ebpf::{self as abi, RecordFlags};
 
-/// A TCP state number, named as the kernel names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TcpState(pub u8);
-
-impl TcpState {
-    pub const ESTABLISHED: Self = Self(abi::TCP_ESTABLISHED);
-    pub const SYN_SENT: Self = Self(abi::TCP_SYN_SENT);
-    pub const SYN_RECV: Self = Self(abi::TCP_SYN_RECV);
-    pub const FIN_WAIT1: Self = Self(abi::TCP_FIN_WAIT1);
-    pub const FIN_WAIT2: Self = Self(abi::TCP_FIN_WAIT2);
-    pub const TIME_WAIT: Self = Self(abi::TCP_TIME_WAIT);
-    pub const CLOSE: Self = Self(abi::TCP_CLOSE);
-    pub const CLOSE_WAIT: Self = Self(abi::TCP_CLOSE_WAIT);
-    pub const LAST_ACK: Self = Self(abi::TCP_LAST_ACK);
-    pub const LISTEN: Self = Self(abi::TCP_LISTEN);
-    pub const CLOSING: Self = Self(abi::TCP_CLOSING);
-
-    /// States in the order a connection meets them, for reading.
-    pub const LIFECYCLE: [Self; 11] = [
-        Self::LISTEN,
-        Self::SYN_SENT,
-        Self::SYN_RECV,
-        Self::ESTABLISHED,
-        Self::FIN_WAIT1,
-        Self::FIN_WAIT2,
-        Self::CLOSING,
-        Self::TIME_WAIT,
-        Self::CLOSE_WAIT,
-        Self::LAST_ACK,
-        Self::CLOSE,
-    ];
-
-    pub fn name(self) -> &'static str {
-        abi::state_name(self.0).unwrap_or("UNKNOWN")
-    }
-}
-
-impl fmt::Display for TcpState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.name())
-    }
-}
-
-/// Which side closed the connection (docs/ARCHITECTURE.md, "Close side"; the rules live in the ABI crate).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum CloseSide {
-    Active,
-    Passive,
-    Simultaneous,
-    Reset,
-}
-
-impl CloseSide {
-    pub const ALL: [Self; 4] = [Self::Active, Self::Passive, Self::Simultaneous, Self::Reset];
-
-    pub fn from_raw(raw: u8) -> Option<Self> {
-        match raw {
-            abi::CLOSE_ACTIVE => Some(Self::Active),
-            abi::CLOSE_PASSIVE => Some(Self::Passive),
-            abi::CLOSE_SIMULTANEOUS => Some(Self::Simultaneous),
-            abi::CLOSE_RESET => Some(Self::Reset),
-            _ => None,
-        }
-    }
-
-    pub fn raw(self) -> u8 {
-        match self {
-            Self::Active => abi::CLOSE_ACTIVE,
-            Self::Passive => abi::CLOSE_PASSIVE,
-            Self::Simultaneous => abi::CLOSE_SIMULTANEOUS,
-            Self::Reset => abi::CLOSE_RESET,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        abi::close_side_name(self.raw()).unwrap_or("unknown")
-    }
-}
-
-impl fmt::Display for CloseSide {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.name())
-    }
-}
+use super::{
+    socket::FourTuple,
+    state::{CloseSide, TcpState},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
@@ -178,10 +98,7 @@ pub struct Transition {
     pub ts_ns: u64,
     pub skaddr: u64,
     pub family: Family,
-    pub saddr: IpAddr,
-    pub sport: u16,
-    pub daddr: IpAddr,
-    pub dport: u16,
+    pub tuple: FourTuple,
     pub old: TcpState,
     pub new: TcpState,
     pub in_old_state_ns: Option<u64>,
@@ -197,6 +114,21 @@ pub struct Transition {
     pub gap: Option<TcpState>,
 }
 
+impl Transition {
+    /// Whether this is a connection entering TIME_WAIT: the active (or
+    /// simultaneous) closer's full socket handing over to a timewait socket
+    /// (docs/ARCHITECTURE.md, "Timewait sockets"). The rule is the kernel
+    /// program's, shared through the ABI crate.
+    pub fn enters_time_wait(&self) -> bool {
+        abi::hands_over_to_timewait(self.old.0, self.new.0, self.close.map_or(abi::CLOSE_UNKNOWN, u8::from))
+    }
+
+    /// A connection (not a listener) reaching CLOSE.
+    pub fn closes_connection(&self) -> bool {
+        self.new == TcpState::CLOSE && self.old != TcpState::LISTEN
+    }
+}
+
 /// v4-mapped IPv6 addresses are shown as IPv4, as `ss` does.
 pub(crate) fn decode_addr(raw: [u8; 16]) -> IpAddr {
     let v6 = Ipv6Addr::from(raw);
@@ -207,17 +139,6 @@ pub(crate) fn decode_addr(raw: [u8; 16]) -> IpAddr {
 }
 
 impl Transition {
-    /// Decodes one ring-buffer record; `None` if it has the wrong size.
-    pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != size_of::<abi::Event>() {
-            return None;
-        }
-        // SAFETY: the length matches and Event is plain integers, valid for
-        // any bit pattern; read_unaligned copes with the ring's alignment.
-        let raw = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<abi::Event>()) };
-        Some(Self::from_raw(&raw))
-    }
-
     pub fn from_raw(raw: &abi::Event) -> Self {
         let saddr = decode_addr(raw.saddr);
         let daddr = decode_addr(raw.daddr);
@@ -225,28 +146,26 @@ impl Transition {
             (abi::AF_INET, _) | (_, IpAddr::V4(_)) => Family::Ipv4,
             _ => Family::Ipv6,
         };
-        let owner = (raw.flags & abi::FLAG_OWNER_KNOWN != 0).then(|| Owner {
+        let flags = RecordFlags::from_bits_retain(raw.flags);
+        let owner = flags.contains(RecordFlags::OWNER_KNOWN).then(|| Owner {
             pid: raw.pid,
             comm: Comm::from_raw(raw.comm),
-            from_listener: raw.flags & abi::FLAG_OWNER_FROM_LISTENER != 0,
+            from_listener: flags.contains(RecordFlags::OWNER_FROM_LISTENER),
         });
         Self {
             ts_ns: raw.ts_ns,
             skaddr: raw.skaddr,
             family,
-            saddr,
-            sport: raw.sport,
-            daddr,
-            dport: raw.dport,
+            tuple: FourTuple { saddr, sport: raw.sport, daddr, dport: raw.dport },
             old: TcpState(raw.oldstate),
             new: TcpState(raw.newstate),
             in_old_state_ns: (raw.in_old_state_ns != abi::DURATION_UNKNOWN).then_some(raw.in_old_state_ns),
             first_seen_ns: raw.first_seen_ns,
-            seen_from_start: raw.flags & abi::FLAG_FROM_START != 0,
+            seen_from_start: flags.contains(RecordFlags::FROM_START),
             owner,
-            close: CloseSide::from_raw(raw.close),
+            close: CloseSide::try_from(raw.close).ok(),
             netns: raw.netns,
-            gap: (raw.flags & abi::FLAG_GAP != 0).then_some(TcpState(raw.last_state)),
+            gap: flags.contains(RecordFlags::GAP).then_some(TcpState(raw.last_state)),
         }
     }
 }
@@ -263,6 +182,7 @@ pub(crate) mod tests {
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"curl");
         abi::Event {
+            kind: abi::RECORD_TRANSITION,
             ts_ns: 1_000_000_000,
             skaddr: 0xffff_8880_1234_5678,
             in_old_state_ns: 1_500_000,
@@ -280,23 +200,19 @@ pub(crate) mod tests {
             flags: abi::FLAG_OWNER_KNOWN | abi::FLAG_FROM_START,
             netns: 4026531840,
             last_state: abi::TCP_ESTABLISHED,
-            _pad: [0; 5],
+            _pad: [0; 4],
         }
-    }
-
-    fn as_bytes(ev: &abi::Event) -> Vec<u8> {
-        // SAFETY: Event is repr(C) with no uninitialised padding.
-        unsafe { std::slice::from_raw_parts((ev as *const abi::Event).cast::<u8>(), size_of::<abi::Event>()) }
-            .to_vec()
     }
 
     #[test]
     fn decodes_ipv4_event() {
-        let t = Transition::decode(&as_bytes(&raw_event())).unwrap();
+        let bytes = bytemuck::bytes_of(&raw_event()).to_vec();
+        let Some(abi::Record::Transition(raw)) = abi::Record::decode(&bytes) else { panic!() };
+        let t = Transition::from_raw(&raw);
         assert_eq!(t.family, Family::Ipv4);
-        assert_eq!(t.saddr.to_string(), "127.0.0.1");
-        assert_eq!(t.daddr.to_string(), "127.0.0.2");
-        assert_eq!((t.sport, t.dport), (40000, 80));
+        assert_eq!(t.tuple.saddr.to_string(), "127.0.0.1");
+        assert_eq!(t.tuple.daddr.to_string(), "127.0.0.2");
+        assert_eq!((t.tuple.sport, t.tuple.dport), (40000, 80));
         assert_eq!((t.old, t.new), (TcpState::ESTABLISHED, TcpState::FIN_WAIT1));
         assert_eq!(t.in_old_state_ns, Some(1_500_000));
         assert_eq!(t.close, Some(CloseSide::Active));
@@ -329,7 +245,7 @@ pub(crate) mod tests {
         raw.close = abi::CLOSE_UNKNOWN;
         let t = Transition::from_raw(&raw);
         assert_eq!(t.family, Family::Ipv6);
-        assert_eq!(t.saddr.to_string(), "::1");
+        assert_eq!(t.tuple.saddr.to_string(), "::1");
         assert_eq!(t.in_old_state_ns, None);
         assert_eq!(t.owner, None);
         assert_eq!(t.close, None);
@@ -340,11 +256,6 @@ pub(crate) mod tests {
         let mut raw = raw_event();
         raw.family = abi::AF_INET6;
         assert_eq!(Transition::from_raw(&raw).family, Family::Ipv4);
-    }
-
-    #[test]
-    fn rejects_short_records() {
-        assert!(Transition::decode(&[0u8; 10]).is_none());
     }
 
     #[test]

@@ -1,14 +1,34 @@
-//! Text rendering of a [`Census`].
+//! A [`Census`], as text or one JSON line.
 
 use std::fmt::{self, Write};
 
-use crate::model::{census::Census, transition::TcpState};
+use super::Format;
+use crate::model::{census::Census, state::TcpState};
+
+/// One census in `format`; `repeated` (`--watch`) separates text censuses
+/// with a blank line.
+pub fn render(c: &Census, format: Format, repeated: bool) -> anyhow::Result<String> {
+    let mut text = String::new();
+    match format {
+        Format::Json => {
+            text = serde_json::to_string(c)?;
+            text.push('\n');
+        }
+        Format::Text => {
+            render_text(&mut text, c)?;
+            if repeated {
+                text.push('\n');
+            }
+        }
+    }
+    Ok(text)
+}
 
 fn secs(ms: u64) -> String {
     format!("{:.1}", ms as f64 / 1000.0)
 }
 
-pub fn render(out: &mut impl Write, c: &Census) -> fmt::Result {
+fn render_text(out: &mut impl Write, c: &Census) -> fmt::Result {
     writeln!(out, "TCP sockets in {} at {}: {}", c.netns, c.time, c.total)?;
     writeln!(out, "  {:<12} {:>9}", "STATE", "SOCKETS")?;
     let present: Vec<&'static str> =
@@ -57,17 +77,19 @@ mod tests {
     use super::*;
     use crate::{
         model::census::{GroupBy, Owners},
-        source::sockdiag::SockEntry,
+        model::socket::{FourTuple, SockEntry},
     };
 
     #[test]
     fn renders_states_timers_and_groups() {
         let tw = SockEntry {
             state: TcpState::TIME_WAIT,
-            saddr: "127.0.0.1".parse().unwrap(),
-            sport: 5000,
-            daddr: "127.0.0.1".parse().unwrap(),
-            dport: 80,
+            tuple: FourTuple {
+                saddr: "127.0.0.1".parse().unwrap(),
+                sport: 5000,
+                daddr: "127.0.0.1".parse().unwrap(),
+                dport: 80,
+            },
             timewait: true,
             expires: Some(Duration::from_millis(59_500)),
             inode: 0,
@@ -80,13 +102,14 @@ mod tests {
             ..tw.clone()
         };
         let c = Census::build(&[tw, est], Some(GroupBy::Lport), &Owners::new(), "ns1".into(), "T".into());
-        let mut text = String::new();
-        render(&mut text, &c).unwrap();
+        let text = render(&c, Format::Text, false).unwrap();
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines[0], "TCP sockets in ns1 at T: 2");
         assert_eq!(lines[2].split_whitespace().collect::<Vec<_>>(), ["ESTABLISHED", "1"]);
         assert!(lines[3].contains("1 timewait, timer left (s): min 59.5"), "{}", lines[3]);
         assert!(text.contains("BY LPORT"), "{text}");
         assert_eq!(lines.last().unwrap().split_whitespace().collect::<Vec<_>>(), ["5000", "2", "1", "1"]);
+        let json: serde_json::Value = serde_json::from_str(&render(&c, Format::Json, true).unwrap()).unwrap();
+        assert_eq!(json["total"], 2);
     }
 }

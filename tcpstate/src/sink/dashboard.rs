@@ -16,13 +16,14 @@ use ratatui::{
     widgets::{Block, Paragraph, Row, Table},
 };
 
-use super::{AggregateView, Flow, periodic::rates};
+use super::{AggregateView, ViewRequest, reporter::rates};
 use crate::model::{
     aggregate::{Aggregator, Sides},
     clock::Clock,
-    counters::KernelCounters,
+    counters::{KernelCounters, Readings},
     report::Report,
-    transition::{CloseSide, Comm},
+    state::CloseSide,
+    transition::Comm,
 };
 
 /// How the TIME_WAIT producers are grouped.
@@ -118,7 +119,8 @@ impl Dashboard {
         })
     }
 
-    fn view(&mut self, aggregator: &Aggregator, counters: &KernelCounters) -> View {
+    fn view(&mut self, aggregator: &Aggregator, readings: &Readings) -> View {
+        let counters = &readings.counters;
         let shown = counters.since(&self.baseline);
         let now = Instant::now();
         let rates = rates(counters, &self.last.1, now.duration_since(self.last.0).as_secs_f64())
@@ -131,19 +133,7 @@ impl Dashboard {
         View {
             report: Report::build(aggregator, &shown, self.rows, self.since.elapsed().as_secs_f64()),
             rates,
-            closes_by_process: rows
-                .into_iter()
-                .map(|(k, s)| {
-                    (
-                        format!(
-                            "{:<7} {}",
-                            k.pid.map_or("-".into(), |p| p.to_string()),
-                            k.comm.as_ref().map_or("?", Comm::as_str)
-                        ),
-                        s,
-                    )
-                })
-                .collect(),
+            closes_by_process: rows.into_iter().map(|(k, s)| (who(k.pid, k.comm.as_ref()), s)).collect(),
             grouping: self.grouping,
             sort: self.sort,
             interval: self.interval,
@@ -151,23 +141,22 @@ impl Dashboard {
         }
     }
 
-    /// Handles waiting keys; `Stop` on quit.
-    fn keys(
-        &mut self,
-        aggregator: &mut Aggregator,
-        counters: &dyn Fn() -> io::Result<KernelCounters>,
-    ) -> io::Result<Flow> {
+    /// Handles waiting keys: `Stop` on quit, `Reset` on `r`.
+    fn keys(&mut self, read: &dyn Fn() -> io::Result<Readings>) -> io::Result<ViewRequest> {
+        let mut request = ViewRequest::Continue;
         while event::poll(Duration::ZERO)? {
             let Event::Key(key) = event::read()? else { continue };
             if key.kind != KeyEventKind::Press {
                 continue;
             }
             match key.code {
-                KeyCode::Char('q') | KeyCode::Esc => return Ok(Flow::Stop),
-                KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => return Ok(Flow::Stop),
+                KeyCode::Char('q') | KeyCode::Esc => return Ok(ViewRequest::Stop),
+                KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                    return Ok(ViewRequest::Stop);
+                }
                 KeyCode::Char('r') => {
-                    aggregator.reset();
-                    self.baseline = counters()?;
+                    request = ViewRequest::Reset;
+                    self.baseline = read()?.counters;
                     self.since = Instant::now();
                 }
                 KeyCode::Char('s') => self.sort = self.sort.next(),
@@ -176,7 +165,7 @@ impl Dashboard {
             }
             self.due = Instant::now();
         }
-        Ok(Flow::Continue)
+        Ok(request)
     }
 }
 
@@ -191,21 +180,26 @@ impl Drop for Dashboard {
 impl AggregateView for Dashboard {
     fn tick(
         &mut self,
-        aggregator: &mut Aggregator,
-        counters: &dyn Fn() -> io::Result<KernelCounters>,
-    ) -> io::Result<Flow> {
-        if self.keys(aggregator, counters)? == Flow::Stop {
-            return Ok(Flow::Stop);
-        }
-        if Instant::now() >= self.due {
+        aggregator: &Aggregator,
+        read: &dyn Fn() -> io::Result<Readings>,
+    ) -> io::Result<ViewRequest> {
+        let request = self.keys(read)?;
+        // After a reset, the next tick draws the fresh aggregate.
+        if request == ViewRequest::Continue && Instant::now() >= self.due {
             self.due = Instant::now() + self.interval;
-            let view = self.view(aggregator, &counters()?);
+            let view = self.view(aggregator, &read()?);
             if let Some(terminal) = &mut self.terminal {
                 terminal.draw(|frame| draw(frame, &view))?;
             }
         }
-        Ok(Flow::Continue)
+        Ok(request)
     }
+}
+
+/// An owner in one cell: pid, then name.
+fn who(pid: Option<u32>, comm: Option<&Comm>) -> String {
+    let (pid, comm) = super::owner_columns(pid, comm);
+    format!("{pid:<7} {comm}")
 }
 
 fn ms(ns: u64) -> String {
@@ -292,14 +286,7 @@ pub fn draw(frame: &mut Frame<'_>, v: &View) {
             .by_process
             .rows
             .iter()
-            .map(|p| {
-                let who = format!(
-                    "{:<7} {}",
-                    p.pid.map_or("-".into(), |x| x.to_string()),
-                    p.comm.as_ref().map_or("?", |c| c.as_str())
-                );
-                Row::new(vec![who, p.count.to_string()])
-            })
+            .map(|p| Row::new(vec![who(p.pid, p.comm.as_ref()), p.count.to_string()]))
             .collect(),
         Grouping::LocalPort => tw
             .by_local_port

@@ -1,7 +1,7 @@
 //! JSON Lines: one object per transition. The fields are documented in the README.
 
 use std::{
-    fmt::{self, Write as _},
+    fmt::Write as _,
     io::{self, Write},
     time::{Duration, UNIX_EPOCH},
 };
@@ -13,8 +13,7 @@ use bytes::{BufMut as _, BytesMut};
 use super::{BatchWriter, Sink};
 use crate::model::timewait::TwEvent;
 use crate::model::{
-    clock::Clock,
-    transition::{TcpState, Transition},
+    clock::Clock, counters::KernelCounters, report::TraceSummary, state::TcpState, transition::Transition,
 };
 
 /// Writes JSON Lines by hand: this is the per-event hot path, and serde's
@@ -48,32 +47,6 @@ fn cached_time<'a>(clock: &Clock, second: &'a mut Option<(u64, String)>, ts_ns: 
         *second = Some((secs, full.trim_end_matches('Z').to_string()));
     }
     (second.as_ref().map_or("", |(_, p)| p.as_str()), wall.subsec_micros())
-}
-
-fn opt<T: fmt::Display>(v: Option<T>) -> impl fmt::Display {
-    struct Opt<T>(Option<T>);
-    impl<T: fmt::Display> fmt::Display for Opt<T> {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            match &self.0 {
-                Some(v) => v.fmt(f),
-                None => f.write_str("null"),
-            }
-        }
-    }
-    Opt(v)
-}
-
-fn quoted(v: Option<&str>) -> impl fmt::Display + '_ {
-    struct Quoted<'a>(Option<&'a str>);
-    impl fmt::Display for Quoted<'_> {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            match self.0 {
-                Some(v) => write!(f, "\"{v}\""),
-                None => f.write_str("null"),
-            }
-        }
-    }
-    Quoted(v)
 }
 
 /// Appends JSON values to a line without `core::fmt`, whose integer and
@@ -170,13 +143,13 @@ impl<W: Write> Sink for JsonSink<W> {
             .raw(",\"family\":\"")
             .raw(t.family.name())
             .raw("\",\"saddr\":\"")
-            .ip(t.saddr)
+            .ip(t.tuple.saddr)
             .raw("\",\"sport\":")
-            .num(t.sport)
+            .num(t.tuple.sport)
             .raw(",\"daddr\":\"")
-            .ip(t.daddr)
+            .ip(t.tuple.daddr)
             .raw("\",\"dport\":")
-            .num(t.dport)
+            .num(t.tuple.dport)
             .raw(",\"old_state\":\"")
             .raw(t.old.name())
             .raw("\",\"new_state\":\"")
@@ -206,6 +179,13 @@ impl<W: Write> Sink for JsonSink<W> {
         self.out.flush()
     }
 
+    fn summary(&mut self, counters: &KernelCounters) -> io::Result<()> {
+        let buf = self.out.buf();
+        serde_json::to_writer(buf.writer(), &TraceSummary::of(counters))?;
+        buf.put_u8(b'\n');
+        self.out.flush()
+    }
+
     fn timewait(&mut self, e: &TwEvent) -> io::Result<()> {
         let Self { out, clock, second } = self;
         let (date, micros) = cached_time(clock, second, e.at_ns());
@@ -221,33 +201,43 @@ impl<W: Write> Sink for JsonSink<W> {
                 ("ended", substate.map(|s| s.name()), Some(cause.name()), *fin_wait2_ns, *time_wait_ns, None)
             }
         };
-        let family = if k.daddr.is_ipv4() { "ipv4" } else { "ipv6" };
-        let buf = out.buf();
-        write!(
-            buf,
-            "{{\"kind\":\"timewait\",\"event\":\"{event}\",\"mode\":\"{}\",\"ts_ns\":{},\"time\":\"{date}.{micros:06}Z\",\
-             \"netns\":{},\"family\":\"{family}\",\"saddr\":\"{}\",\"sport\":{},\"daddr\":\"{}\",\"dport\":{},\
-             \"substate\":{},\"cause\":{},\"fin_wait2_ns\":{},\"time_wait_ns\":{},\"expires_at_ns\":{},\"pid\":{},\"comm\":",
-            e.mode().name(),
-            e.at_ns(),
-            k.netns,
-            k.saddr,
-            k.sport,
-            k.daddr,
-            k.dport,
-            quoted(substate),
-            quoted(cause),
-            opt(fin_wait2),
-            opt(time_wait),
-            opt(expires_at),
-            opt(e.owner().map(|o| o.pid)),
-        )
-        .map_err(io::Error::other)?;
-        match e.owner() {
-            Some(o) => serde_json::to_writer(buf.writer(), o.comm.as_str())?,
-            None => buf.put_slice(b"null"),
-        }
-        buf.put_slice(b"}\n");
+        let family = if k.tuple.daddr.is_ipv4() { "ipv4" } else { "ipv6" };
+        let mut line = Line(out.buf());
+        line.raw("{\"kind\":\"timewait\",\"event\":\"")
+            .raw(event)
+            .raw("\",\"mode\":\"")
+            .raw(e.mode().name())
+            .raw("\",\"ts_ns\":")
+            .num(e.at_ns())
+            .raw(",\"time\":")
+            .time(date, micros)
+            .raw(",\"netns\":")
+            .num(k.netns)
+            .raw(",\"family\":\"")
+            .raw(family)
+            .raw("\",\"saddr\":\"")
+            .ip(k.tuple.saddr)
+            .raw("\",\"sport\":")
+            .num(k.tuple.sport)
+            .raw(",\"daddr\":\"")
+            .ip(k.tuple.daddr)
+            .raw("\",\"dport\":")
+            .num(k.tuple.dport)
+            .raw(",\"substate\":")
+            .quoted(substate)
+            .raw(",\"cause\":")
+            .quoted(cause)
+            .raw(",\"fin_wait2_ns\":")
+            .opt_num(fin_wait2)
+            .raw(",\"time_wait_ns\":")
+            .opt_num(time_wait)
+            .raw(",\"expires_at_ns\":")
+            .opt_num(expires_at)
+            .raw(",\"pid\":")
+            .opt_num(e.owner().map(|o| o.pid))
+            .raw(",\"comm\":")
+            .comm(e.owner().map(|o| o.comm.as_str()))?
+            .raw("}\n");
         Ok(())
     }
 }
@@ -276,7 +266,25 @@ mod tests {
         }
     }
     use crate::model::timewait::Measured;
-    use crate::model::transition::{TcpState, tests::raw_event};
+    use crate::model::{state::TcpState, transition::tests::raw_event};
+
+    #[test]
+    fn ends_with_a_summary_record() {
+        let mut sink = JsonSink::new(Vec::new(), Clock::with_offset(0));
+        let mut counters = KernelCounters { received: 5, ringbuf_full: 1, ..Default::default() };
+        counters.transitions.insert((TcpState::ESTABLISHED, TcpState::FIN_WAIT1), 2);
+        sink.summary(&counters).unwrap();
+        let text = String::from_utf8(sink.into_inner()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(v["kind"], "summary");
+        assert_eq!(v["total_transitions"], 2);
+        assert_eq!(
+            v["transitions"][0],
+            serde_json::json!({"old": "ESTABLISHED", "new": "FIN_WAIT1", "count": 2})
+        );
+        assert_eq!(v["losses"]["events_received"], 5);
+        assert_eq!(v["losses"]["events_dropped"], 1);
+    }
 
     #[test]
     fn documented_fields() {
@@ -334,7 +342,7 @@ mod tests {
     fn timewait_objects() {
         use crate::model::timewait::{EndCause, TwKey};
         let t = Transition::from_raw(&raw_event());
-        let key = TwKey { netns: 7, saddr: t.saddr, sport: t.sport, daddr: t.daddr, dport: t.dport };
+        let key = TwKey { netns: 7, tuple: t.tuple };
         let mut sink = JsonSink::new(Vec::new(), Clock::with_offset(0));
         sink.timewait(&TwEvent::Entered {
             mode: Measured::SockDiag,

@@ -4,8 +4,10 @@
 pub mod census;
 pub mod dashboard;
 pub mod json;
-pub mod periodic;
-pub mod report;
+pub mod notices;
+pub mod report_text;
+pub mod reporter;
+pub mod sysctl;
 pub mod text;
 
 use std::io::{self, Write};
@@ -13,8 +15,25 @@ use std::io::{self, Write};
 use bytes::BytesMut;
 
 use crate::model::{
-    aggregate::Aggregator, counters::KernelCounters, timewait::TwEvent, transition::Transition,
+    aggregate::Aggregator,
+    counters::{KernelCounters, Readings},
+    timewait::TwEvent,
+    transition::{Comm, Transition},
 };
+
+/// An owner's pid and name as every text view shows them: `-` where the
+/// owner (or its pid) is unknown, as in `trace`'s columns.
+pub fn owner_columns(pid: Option<u32>, comm: Option<&Comm>) -> (String, String) {
+    (pid.map_or("-".into(), |p| p.to_string()), comm.map_or("-".into(), |c| c.to_string()))
+}
+
+/// How results are written, decided once in the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    /// JSON Lines: one object per transition, report or census.
+    Json,
+}
 
 /// Whether the session goes on after a tick.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,20 +50,34 @@ pub trait Sink {
     fn timewait(&mut self, _e: &TwEvent) -> io::Result<()> {
         Ok(())
     }
+    /// The run is over: what the kernel counted (`trace --json` ends with it).
+    fn summary(&mut self, _counters: &KernelCounters) -> io::Result<()> {
+        Ok(())
+    }
     /// Called after every drain, at least every `POLL_INTERVAL`, with a way
-    /// to read the kernel counters. Periodic sinks refresh here.
-    fn tick(&mut self, _counters: &dyn Fn() -> io::Result<KernelCounters>) -> io::Result<Flow> {
+    /// to read the counters. Periodic sinks refresh here.
+    fn tick(&mut self, _read: &dyn Fn() -> io::Result<Readings>) -> io::Result<Flow> {
         Ok(Flow::Continue)
     }
+}
+
+/// What a view asks of the aggregate it shows, after a tick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ViewRequest {
+    Continue,
+    Stop,
+    /// Start counting afresh (the `r` key in top); the view itself only
+    /// reads the aggregate.
+    Reset,
 }
 
 /// Presents an aggregate as it grows: periodic reports, or the dashboard.
 pub trait AggregateView {
     fn tick(
         &mut self,
-        aggregator: &mut Aggregator,
-        counters: &dyn Fn() -> io::Result<KernelCounters>,
-    ) -> io::Result<Flow>;
+        aggregator: &Aggregator,
+        read: &dyn Fn() -> io::Result<Readings>,
+    ) -> io::Result<ViewRequest>;
 }
 
 /// The sink of `stats` and `top`: feeds the aggregator, and lets its view
@@ -69,8 +102,15 @@ impl<V: AggregateView> Sink for Aggregating<V> {
         Ok(())
     }
 
-    fn tick(&mut self, counters: &dyn Fn() -> io::Result<KernelCounters>) -> io::Result<Flow> {
-        self.view.tick(&mut self.aggregator, counters)
+    fn tick(&mut self, read: &dyn Fn() -> io::Result<Readings>) -> io::Result<Flow> {
+        match self.view.tick(&self.aggregator, read)? {
+            ViewRequest::Continue => Ok(Flow::Continue),
+            ViewRequest::Stop => Ok(Flow::Stop),
+            ViewRequest::Reset => {
+                self.aggregator.reset();
+                Ok(Flow::Continue)
+            }
+        }
     }
 }
 
@@ -102,8 +142,6 @@ impl<W: Write> BatchWriter<W> {
     }
 }
 
-/// Whether an I/O error means the reader went away (`| head`): the run
-/// then ends quietly.
 /// Whether writes to `fd` are bound to fail, as far as can be told without
 /// writing: `/dev/full`, or a file on a filesystem with no space left. A
 /// report collected for minutes must not find that out at the end.
@@ -127,6 +165,8 @@ pub fn known_full(fd: std::os::fd::BorrowedFd<'_>) -> bool {
     }
 }
 
+/// Whether an I/O error means the reader went away (`| head`): the run
+/// then ends quietly.
 pub fn is_closed_pipe(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::BrokenPipe
 }

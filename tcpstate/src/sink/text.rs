@@ -8,8 +8,9 @@ use std::{
 use super::{BatchWriter, Sink};
 use crate::model::{
     clock::Clock,
+    state::TcpState,
     timewait::TwEvent,
-    transition::{TcpState, Transition},
+    transition::{Owner, Transition},
 };
 
 /// Width of an address column: IPv4 only, or wide enough for any IPv6.
@@ -62,14 +63,11 @@ pub fn format_line(
 ) -> std::fmt::Result {
     let (h, m, s, us) = clock.time_of_day(t.ts_ns);
     write!(out, "{h:02}:{m:02}:{s:02}.{us:06} ")?;
-    match &t.owner {
-        Some(o) => write!(out, "{:>7} {:<15}", o.pid, o.comm)?,
-        None => write!(out, "{:>7} {:<15}", "-", "-")?,
-    }
+    owner(out, t.owner.as_ref())?;
     write!(
         out,
         " {:<w$} {:>5} {:<w$} {:>5} {:<12} -> {:<12} ",
-        t.saddr, t.sport, t.daddr, t.dport, t.old, t.new,
+        t.tuple.saddr, t.tuple.sport, t.tuple.daddr, t.tuple.dport, t.old, t.new,
     )?;
     duration(out, t.in_old_state_ns)?;
     write!(out, " {}", t.close.map_or("-", |c| c.name()))?;
@@ -78,6 +76,12 @@ pub fn format_line(
         Some(seen) => writeln!(out, " [missed transitions after {seen}]"),
         None => writeln!(out),
     }
+}
+
+/// The PID and COMM columns.
+fn owner(out: &mut impl std::fmt::Write, owner: Option<&Owner>) -> std::fmt::Result {
+    let (pid, comm) = super::owner_columns(owner.map(|o| o.pid), owner.map(|o| &o.comm));
+    write!(out, "{pid:>7} {comm:<15}")
 }
 
 fn duration(out: &mut impl std::fmt::Write, ns: Option<u64>) -> std::fmt::Result {
@@ -97,10 +101,7 @@ pub fn format_timewait_line(
 ) -> std::fmt::Result {
     let (h, m, s, us) = clock.time_of_day(e.at_ns());
     write!(out, "{h:02}:{m:02}:{s:02}.{us:06} ")?;
-    match e.owner() {
-        Some(o) => write!(out, "{:>7} {:<15}", o.pid, o.comm)?,
-        None => write!(out, "{:>7} {:<15}", "-", "-")?,
-    }
+    owner(out, e.owner())?;
     let k = e.key();
     let tw = |state: Option<TcpState>| format!("tw:{}", state.map_or("?", TcpState::name));
     let (old, new, ns) = match e {
@@ -112,7 +113,11 @@ pub fn format_timewait_line(
             (tw(*substate), format!("({})", cause.name()), time_wait_ns.or(*fin_wait2_ns))
         }
     };
-    write!(out, " {:<w$} {:>5} {:<w$} {:>5} {old:<12} -> {new:<12} ", k.saddr, k.sport, k.daddr, k.dport)?;
+    write!(
+        out,
+        " {:<w$} {:>5} {:<w$} {:>5} {old:<12} -> {new:<12} ",
+        k.tuple.saddr, k.tuple.sport, k.tuple.daddr, k.tuple.dport
+    )?;
     duration(out, ns)?;
     writeln!(out, " timewait")
 }
@@ -181,7 +186,7 @@ mod tests {
     fn timewait_lines_are_marked() {
         use crate::model::timewait::{EndCause, TwKey};
         let t = Transition::from_raw(&raw_event());
-        let key = TwKey { netns: 1, saddr: t.saddr, sport: t.sport, daddr: t.daddr, dport: t.dport };
+        let key = TwKey { netns: 1, tuple: t.tuple };
         let ended = TwEvent::Ended {
             mode: Measured::SockDiag,
             key,

@@ -167,11 +167,6 @@ pub fn kernel() -> anyhow::Result<&'static KernelBtf> {
     CACHE.get_or_init(|| lookup().map_err(|e| format!("{e:#}"))).as_ref().map_err(|e| anyhow!("{e}"))
 }
 
-/// Where a socket's network namespace inode lives, for the program.
-pub fn sock_offsets() -> anyhow::Result<SockOffsets> {
-    Ok(kernel()?.sock)
-}
-
 fn lookup() -> anyhow::Result<KernelBtf> {
     let data = std::fs::read(VMLINUX_BTF).with_context(|| format!("reading {VMLINUX_BTF}"))?;
     let btf = Btf::parse(&data)?;
@@ -248,9 +243,9 @@ mod tests {
                 _ => assert!(got.is_err(), "{ty}.{path} is a bitfield"),
             }
         }
-        let o = sock_offsets().unwrap();
-        assert!(o.net > 0 && o.net_inum > 0, "{o:?}");
         let kernel = kernel().unwrap();
+        let o = kernel.sock;
+        assert!(o.net > 0 && o.net_inum > 0, "{o:?}");
         let tw = kernel.tw.clone().unwrap();
         for (path, got) in [
             ("__tw_common.skc_daddr", tw.daddr),

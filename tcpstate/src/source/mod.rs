@@ -1,10 +1,10 @@
 //! Sources: where transitions and timewait sockets come from.
 
 pub mod btf;
+pub mod follower;
 pub mod hooks;
 pub mod preflight;
 pub mod procnet;
 pub mod sockdiag;
-pub mod timewait;
 pub mod tracefs;
 pub mod tracer;

@@ -1,8 +1,11 @@
-//! The kernel's own TCP settings and counters, from /proc: sysctls under
-//! /proc/sys/net/ipv4 and the TcpExt counters in /proc/net/netstat. Both
-//! belong to the network namespace of the thread that reads them.
+//! What /proc tells about TCP: sysctls under /proc/sys/net/ipv4 and the
+//! TcpExt counters in /proc/net/netstat (both belong to the network
+//! namespace of the thread that reads them), and which process holds which
+//! socket (/proc/PID/fd).
 
 use std::{collections::BTreeMap, fs, path::Path};
+
+use crate::model::{census::Owners, transition::Comm};
 
 /// The TcpExt counters that bear on TIME_WAIT.
 pub const TCPEXT_KEYS: [&str; 4] = ["TW", "TWKilled", "TWRecycled", "TCPTimeWaitOverflow"];
@@ -108,6 +111,31 @@ pub fn read_knob(root: &Path, name: &str) -> Option<String> {
     Some(raw.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
+/// Maps socket inodes to the processes holding them, by reading
+/// `/proc/PID/fd`. Processes that vanish or deny access are skipped.
+pub fn socket_owners() -> Owners {
+    let mut owners = Owners::new();
+    let Ok(procs) = fs::read_dir("/proc") else { return owners };
+    for proc_entry in procs.flatten() {
+        let Some(pid) = proc_entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(fds) = fs::read_dir(proc_entry.path().join("fd")) else { continue };
+        let comm = fs::read_to_string(proc_entry.path().join("comm")).unwrap_or_default();
+        let comm = Comm::from(comm.trim_end());
+        for fd in fds.flatten() {
+            let Ok(target) = fs::read_link(fd.path()) else { continue };
+            let inode = target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|n| n.parse::<u32>().ok());
+            if let Some(inode) = inode {
+                owners.entry(inode).or_insert((pid, comm));
+            }
+        }
+    }
+    owners
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,5 +170,16 @@ mod tests {
         assert!(read_knob(root, "tcp_fin_timeout").unwrap().parse::<u32>().is_ok());
         assert_eq!(read_knob(root, "ip_local_port_range").unwrap().split(' ').count(), 2);
         assert_eq!(read_knob(root, "tcp_tw_recycle"), None, "removed in 4.12");
+    }
+
+    #[test]
+    fn finds_our_own_socket_owner() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        use std::os::fd::AsRawFd as _;
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", listener.as_raw_fd())).unwrap();
+        let inode: u32 =
+            link.to_str().unwrap().trim_start_matches("socket:[").trim_end_matches(']').parse().unwrap();
+        let owners = socket_owners();
+        assert_eq!(owners.get(&inode).map(|o| o.0), Some(std::process::id()));
     }
 }

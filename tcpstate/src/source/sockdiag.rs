@@ -4,7 +4,6 @@
 use std::{
     fs::File,
     io,
-    net::IpAddr,
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     time::Duration,
@@ -19,24 +18,11 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
-use crate::model::transition::{Family, TcpState};
-
-/// One TCP socket as sock_diag reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SockEntry {
-    /// For a timewait socket, its substate: TIME_WAIT or FIN_WAIT2.
-    pub state: TcpState,
-    pub saddr: IpAddr,
-    pub sport: u16,
-    pub daddr: IpAddr,
-    pub dport: u16,
-    /// A timewait socket (`idiag_timer == 3`): it has no owner.
-    pub timewait: bool,
-    /// Time left on the socket's timer, if one runs.
-    pub expires: Option<Duration>,
-    /// 0 for timewait and request sockets.
-    pub inode: u32,
-}
+use crate::model::{
+    socket::{FourTuple, SockEntry},
+    state::TcpState,
+    transition::Family,
+};
 
 /// `idiag_timer` value of a timewait socket's timer.
 const TIMER_TIMEWAIT: u8 = 3;
@@ -251,10 +237,12 @@ impl SockDiag {
                         let (timer, expires_ms) = timer_of(&bytes[..len.min(bytes.len())]).unwrap_or((0, 0));
                         out.push(SockEntry {
                             state: TcpState(h.state),
-                            saddr: h.socket_id.source_address,
-                            sport: h.socket_id.source_port,
-                            daddr: h.socket_id.destination_address,
-                            dport: h.socket_id.destination_port,
+                            tuple: FourTuple {
+                                saddr: h.socket_id.source_address,
+                                sport: h.socket_id.source_port,
+                                daddr: h.socket_id.destination_address,
+                                dport: h.socket_id.destination_port,
+                            },
                             timewait: timer == TIMER_TIMEWAIT,
                             expires: (timer != 0).then(|| Duration::from_millis(expires_ms.into())),
                             inode: h.inode,
@@ -304,14 +292,14 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let mut diag = SockDiag::open(&Netns::Current).unwrap();
         let socks = diag.dump(&[Family::Ipv4], StateFlags::LISTEN, &[]).unwrap();
-        let ours = socks.iter().find(|s| s.sport == port).expect("our listener");
+        let ours = socks.iter().find(|s| s.tuple.sport == port).expect("our listener");
         assert_eq!(ours.state, TcpState::LISTEN);
         assert!(!ours.timewait);
         assert_ne!(ours.inode, 0);
         // The kernel accepts the port filter and applies it.
         let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let only = diag.dump(&[Family::Ipv4], StateFlags::LISTEN, &[port]).unwrap();
-        assert_eq!(only.iter().map(|s| s.sport).collect::<Vec<_>>(), [port]);
+        assert_eq!(only.iter().map(|s| s.tuple.sport).collect::<Vec<_>>(), [port]);
         let both = diag
             .dump(&[Family::Ipv4], StateFlags::LISTEN, &[port, other.local_addr().unwrap().port()])
             .unwrap();

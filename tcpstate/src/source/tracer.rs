@@ -21,54 +21,14 @@ use super::{
 };
 use crate::model::{
     counters::{KernelCounters, KernelSummary, StateHistogram},
+    filter::Filters,
+    state::TcpState,
     timewait::TwHook,
-    transition::{Comm, Family, TcpState, Transition},
+    transition::{Comm, Family, Transition},
 };
 
 /// The eBPF object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpstate-ebpf"));
-
-/// What to report; everything here is applied in the kernel.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Filters {
-    pub family: Option<Family>,
-    pub lports: Vec<u16>,
-    pub rports: Vec<u16>,
-    pub ports: Vec<u16>,
-    /// The attributed owner's pid, never the task that happens to be current.
-    pub pids: Vec<u32>,
-    pub comms: Vec<String>,
-}
-
-impl Filters {
-    fn bits(&self) -> u8 {
-        [
-            (!self.lports.is_empty(), abi::FILTER_LPORT),
-            (!self.rports.is_empty(), abi::FILTER_RPORT),
-            (!self.ports.is_empty(), abi::FILTER_PORT),
-            (!self.pids.is_empty(), abi::FILTER_PID),
-            (!self.comms.is_empty(), abi::FILTER_COMM),
-        ]
-        .into_iter()
-        .filter(|(on, _)| *on)
-        .fold(0, |acc, (_, bit)| acc | bit)
-    }
-
-    /// Port → the roles it is selected for, as the `PORTS` map holds them.
-    fn port_roles(&self) -> std::collections::BTreeMap<u16, u8> {
-        let mut roles = std::collections::BTreeMap::new();
-        for (list, role) in [
-            (&self.lports, abi::PORT_AS_LOCAL),
-            (&self.rports, abi::PORT_AS_REMOTE),
-            (&self.ports, abi::PORT_AS_EITHER),
-        ] {
-            for &port in list {
-                *roles.entry(port).or_insert(0) |= role;
-            }
-        }
-        roles
-    }
-}
 
 #[derive(Clone, Debug)]
 pub struct TracerOptions {
@@ -80,13 +40,12 @@ pub struct TracerOptions {
     pub max_sockets: Option<u32>,
     /// Try the exact timewait hooks (fentry), where the kernel allows them.
     pub timewait_hooks: bool,
-    /// `tcpstate_ebpf::STREAM_*` bits: 0 streams every transition; summary
+    /// Empty streams every transition; summary
     /// mode aggregates in the kernel and streams closes only.
-    pub stream: u8,
+    pub stream: abi::StreamSet,
 }
 
 impl TracerOptions {
-    pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
     /// The socket table's smallest default size, and its largest.
     pub const MIN_DEFAULT_SOCKETS: u32 = 65536;
     pub const MAX_SOCKETS: u32 = 16 << 20;
@@ -100,8 +59,7 @@ impl TracerOptions {
     }
 
     /// The reader is woken once a quarter of the ring is waiting; otherwise
-    /// it drains every `POLL_INTERVAL`. At 400k events/s (about the most
-    /// this machine makes) a quarter of 8 MiB is 50 ms of events.
+    /// it drains every `POLL_INTERVAL`.
     fn wakeup_bytes(&self) -> u64 {
         u64::from(self.ring_bytes / 4)
     }
@@ -111,10 +69,10 @@ impl Default for TracerOptions {
     fn default() -> Self {
         Self {
             filters: Filters::default(),
-            ring_bytes: Self::DEFAULT_RING_BYTES,
+            ring_bytes: abi::DEFAULT_RING_BYTES,
             max_sockets: None,
             timewait_hooks: false,
-            stream: 0,
+            stream: abi::StreamSet::empty(),
         }
     }
 }
@@ -160,7 +118,7 @@ impl Tracer {
             wakeup_bytes: opts.wakeup_bytes(),
             sock: kernel.map(|k| k.sock).unwrap_or_default(),
             tw: kernel.and_then(|k| k.tw.clone().ok()).unwrap_or_default(),
-            stream: opts.stream,
+            stream: opts.stream.bits(),
             _pad: [0; 7],
             offsets,
             family: match opts.filters.family {
@@ -168,7 +126,7 @@ impl Tracer {
                 Some(Family::Ipv4) => abi::FAMILY_IPV4,
                 Some(Family::Ipv6) => abi::FAMILY_IPV6,
             },
-            filters: opts.filters.bits(),
+            filters: opts.filters.set().bits(),
         };
         let max_sockets = opts.max_sockets.unwrap_or_else(|| {
             let now = super::procnet::tcp_sockets_allocated();
@@ -215,7 +173,7 @@ impl Tracer {
             logger,
             ebpf,
             hooks,
-            summary: opts.stream & abi::STREAM_SUMMARY != 0,
+            summary: opts.stream.contains(abi::StreamSet::SUMMARY),
             max_sockets,
             received: 0,
             malformed: 0,
@@ -253,6 +211,7 @@ impl Tracer {
     }
 
     /// Like [`Tracer::drain`], for the transitions only.
+    #[cfg(feature = "test-support")]
     pub fn drain_transitions<E>(
         &mut self,
         mut on: impl FnMut(Transition) -> Result<(), E>,
@@ -264,7 +223,7 @@ impl Tracer {
     }
 
     /// Sockets in the kernel's socket table now.
-    pub fn sockets_in_kernel(&self) -> anyhow::Result<usize> {
+    fn sockets_in_kernel(&self) -> anyhow::Result<usize> {
         let map =
             self.ebpf.map(abi::MAP_SOCKETS).ok_or_else(|| anyhow!("map {} missing", abi::MAP_SOCKETS))?;
         let table: HashMap<_, u64, abi::SockRecord> = HashMap::try_from(map)?;
@@ -350,19 +309,19 @@ impl Tracer {
     }
 }
 
-/// Decodes a ring record: the two record types have different sizes.
+/// Decodes a ring record by its kind byte.
 fn decode(hooks: &Hooks, bytes: &[u8]) -> Option<Record> {
-    if bytes.len() == size_of::<abi::TwHookEvent>() {
-        // SAFETY: the length matches and TwHookEvent is plain integers,
-        // valid for any bit pattern; read_unaligned copes with alignment.
-        let raw = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<abi::TwHookEvent>()) };
-        return TwHook::from_raw(&raw, hooks.jiffies_ns(raw.timeo)).map(Record::Timewait);
+    match abi::Record::decode(bytes)? {
+        abi::Record::Transition(raw) => Some(Record::Transition(Transition::from_raw(&raw))),
+        abi::Record::TimewaitHook(raw) => {
+            TwHook::from_raw(&raw, hooks.jiffies_ns(raw.timeo)).map(Record::Timewait)
+        }
     }
-    Transition::decode(bytes).map(Record::Transition)
 }
 
 /// Attaches only the empty program: what any program on this tracepoint
 /// costs. For the benchmark; detached when the returned object drops.
+#[cfg(feature = "test-support")]
 pub fn attach_noop() -> anyhow::Result<Ebpf> {
     let tracefs = tracefs::tracefs_root()?;
     let config = abi::Config { offsets: tracefs::read_offsets(&tracefs)?, ..abi::Config::zeroed() };
@@ -395,7 +354,7 @@ fn fill_filter_maps(ebpf: &mut Ebpf, filters: &Filters) -> anyhow::Result<()> {
     }
     let mut ports: HashMap<_, u16, u8> = HashMap::try_from(map(ebpf, abi::MAP_PORTS)?)?;
     for (port, roles) in filters.port_roles() {
-        ports.insert(port, roles, 0)?;
+        ports.insert(port, roles.bits(), 0)?;
     }
     let mut pids: HashMap<_, u32, u8> = HashMap::try_from(map(ebpf, abi::MAP_PIDS)?)?;
     for &pid in &filters.pids {
@@ -444,16 +403,6 @@ fn recursion_misses(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn filter_bits_and_roles() {
-        let f = Filters { lports: vec![80], ports: vec![80, 443], pids: vec![1], ..Default::default() };
-        assert_eq!(f.bits(), abi::FILTER_LPORT | abi::FILTER_PORT | abi::FILTER_PID);
-        let roles = f.port_roles();
-        assert_eq!(roles[&80], abi::PORT_AS_LOCAL | abi::PORT_AS_EITHER);
-        assert_eq!(roles[&443], abi::PORT_AS_EITHER);
-        assert_eq!(Filters::default().bits(), 0);
-    }
 
     #[test]
     fn socket_table_default_grows_with_the_host() {

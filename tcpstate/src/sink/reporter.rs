@@ -2,7 +2,6 @@
 //! blocks or JSON documents, every interval and/or at the end.
 
 use std::{
-    collections::BTreeMap,
     io::{self, Write},
     time::{Duration, Instant},
 };
@@ -10,10 +9,12 @@ use std::{
 use bytes::BufMut as _;
 use serde::Serialize;
 
-use super::{AggregateView, BatchWriter, Flow, report};
-use crate::{
-    model::{aggregate::Aggregator, clock::Clock, counters::KernelCounters, report::Report},
-    source::procnet,
+use super::{AggregateView, BatchWriter, Format, ViewRequest, report_text};
+use crate::model::{
+    aggregate::Aggregator,
+    clock::Clock,
+    counters::{KernelCounters, Readings},
+    report::Report,
 };
 
 #[derive(Serialize)]
@@ -49,51 +50,61 @@ struct Snapshot<'a> {
     report: &'a Report,
 }
 
+/// When reports are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reports {
+    /// One at the end (`stats`): the report alone.
+    AtEnd,
+    /// One every interval and one at the end (`top` off a terminal), each
+    /// headed by its time and the rates since the last.
+    Every(Duration),
+}
+
 /// `stats` and `top` off a terminal: the aggregate as reports.
 pub struct Reporter<W: Write> {
     out: BatchWriter<W>,
-    json: bool,
-    top: usize,
-    /// Report every `interval` (top), or only at the end (stats).
-    interval: Option<Duration>,
+    format: Format,
+    rows: usize,
+    reports: Reports,
     started: Instant,
     last: (Instant, KernelCounters),
     clock: Clock,
-    tcpext_at_start: BTreeMap<String, u64>,
 }
 
 impl<W: Write> Reporter<W> {
-    pub fn new(out: W, json: bool, top: usize, interval: Option<Duration>) -> Self {
+    pub fn new(out: W, format: Format, rows: usize, reports: Reports) -> Self {
         let now = Instant::now();
         Self {
             out: BatchWriter::new(out),
-            json,
-            top,
-            interval,
+            format,
+            rows,
+            reports,
             started: now,
             last: (now, KernelCounters::default()),
             clock: Clock::new(),
-            tcpext_at_start: procnet::tcpext(),
         }
     }
 
-    pub fn report(&self, aggregator: &Aggregator, counters: &KernelCounters) -> Report {
-        let mut report = Report::build(aggregator, counters, self.top, self.started.elapsed().as_secs_f64());
-        report.tcpext = procnet::delta(&self.tcpext_at_start, &procnet::tcpext());
+    pub fn report(&self, aggregator: &Aggregator, readings: &Readings) -> Report {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let mut report = Report::build(aggregator, &readings.counters, self.rows, elapsed);
+        report.tcpext = readings.tcpext.clone();
         report
     }
 
-    /// Writes one report; with an interval (top), headed by the rates since
+    /// Writes one report; every interval (top), headed by the rates since
     /// the last one.
-    pub fn emit(&mut self, aggregator: &Aggregator, counters: &KernelCounters) -> io::Result<()> {
-        let report = self.report(aggregator, counters);
+    pub fn emit(&mut self, aggregator: &Aggregator, readings: &Readings) -> io::Result<()> {
+        let report = self.report(aggregator, readings);
+        let counters = &readings.counters;
         let now = Instant::now();
         let rates = rates(counters, &self.last.1, now.duration_since(self.last.0).as_secs_f64());
         self.last = (now, counters.clone());
         let time = self.clock.rfc3339(Clock::monotonic_now_ns());
+        let periodic = matches!(self.reports, Reports::Every(_));
         let buf = self.out.buf();
-        if self.json {
-            if self.interval.is_some() {
+        if self.format == Format::Json {
+            if periodic {
                 serde_json::to_writer(buf.writer(), &Snapshot { time, rates, report: &report })?;
             } else {
                 serde_json::to_writer(buf.writer(), &report)?;
@@ -101,14 +112,14 @@ impl<W: Write> Reporter<W> {
             buf.put_u8(b'\n');
         } else {
             let mut text = String::new();
-            if self.interval.is_some() {
+            if periodic {
                 text.push_str(&format!("--- tcpstate top {time} ---\nTransitions/s:"));
                 for r in rates.iter().take(8) {
                     text.push_str(&format!("  {}->{} {:.0}", r.old, r.new, r.per_s));
                 }
                 text.push('\n');
             }
-            report::render(&mut text, &report).map_err(io::Error::other)?;
+            report_text::render(&mut text, &report).map_err(io::Error::other)?;
             text.push('\n');
             buf.put_slice(text.as_bytes());
         }
@@ -119,32 +130,33 @@ impl<W: Write> Reporter<W> {
 impl<W: Write> AggregateView for Reporter<W> {
     fn tick(
         &mut self,
-        aggregator: &mut Aggregator,
-        counters: &dyn Fn() -> io::Result<KernelCounters>,
-    ) -> io::Result<Flow> {
-        if let Some(interval) = self.interval
+        aggregator: &Aggregator,
+        read: &dyn Fn() -> io::Result<Readings>,
+    ) -> io::Result<ViewRequest> {
+        if let Reports::Every(interval) = self.reports
             && self.last.0.elapsed() >= interval
         {
-            self.emit(aggregator, &counters()?)?;
+            self.emit(aggregator, &read()?)?;
         }
-        Ok(Flow::Continue)
+        Ok(ViewRequest::Continue)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{aggregate::tests::server_closes_first, transition::TcpState};
+    use crate::model::{aggregate::tests::server_closes_first, state::TcpState};
 
     #[test]
     fn json_documents_and_rates() {
-        let mut reporter = Reporter::new(Vec::new(), true, 5, Some(Duration::from_secs(1)));
+        let mut reporter = Reporter::new(Vec::new(), Format::Json, 5, Reports::Every(Duration::from_secs(1)));
         let mut agg = Aggregator::new(16, 64);
         server_closes_first(&mut agg, 1);
         let mut counters = KernelCounters::default();
         counters.transitions.insert((TcpState::FIN_WAIT2, TcpState::CLOSE), 10);
-        reporter.emit(&agg, &counters).unwrap();
-        reporter.emit(&agg, &counters).unwrap();
+        let readings = Readings { counters, tcpext: Default::default() };
+        reporter.emit(&agg, &readings).unwrap();
+        reporter.emit(&agg, &readings).unwrap();
         let text = String::from_utf8(reporter.out.into_inner()).unwrap();
         let docs: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(docs.len(), 2);

@@ -15,34 +15,45 @@ use netlink_packet_sock_diag::inet::StateFlags;
 use super::sockdiag::{Netns, SockDiag};
 use crate::model::{
     clock::Clock,
-    timewait::{Sources, Tracker, TwEvent, TwHook},
+    timewait::{FollowerStats, Sources, Tracker, TwEvent, TwHook},
     transition::{Family, Transition},
 };
 
-pub const DEFAULT_POLL: Duration = Duration::from_millis(200);
+/// How to follow connections into their timewait sockets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FollowerOptions {
+    /// Try the exact (fentry) hooks; sock_diag polling covers what they miss.
+    pub exact_hooks: bool,
+    pub poll: Duration,
+    /// The sockets a dump keeps: the filters' ports in any role (all if none).
+    pub ports: Vec<u16>,
+    /// Timewait sockets followed at once.
+    pub capacity: usize,
+}
+
 /// Polls wait at least this many times as long as the last one took, so
 /// that following a large timewait population costs at most ~2 % of a CPU.
 const BACKOFF: u32 = 50;
 
 /// What polling has cost so far.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct PollCost {
-    pub polls: u64,
-    pub sockets_read: u64,
-    pub time: Duration,
+struct PollCost {
+    polls: u64,
+    sockets_read: u64,
+    time: Duration,
     /// Connections given up because their namespace could not be entered.
-    pub unreachable: u64,
+    unreachable: u64,
 }
 
 pub struct Follower {
-    pub tracker: Tracker,
+    tracker: Tracker,
     diags: HashMap<u32, Option<SockDiag>>,
     own_netns: u32,
     interval: Duration,
     next_poll: Instant,
     /// The user's port filters: dumps keep only sockets with these ports.
     ports: Vec<u16>,
-    pub cost: PollCost,
+    cost: PollCost,
 }
 
 fn inode(path: &Path) -> Option<u32> {
@@ -88,15 +99,34 @@ fn open_diag(
 }
 
 impl Follower {
-    pub fn new(interval: Duration, capacity: usize, ports: Vec<u16>, sources: Sources) -> Self {
+    /// `sources`: what the exact hooks that attached measure.
+    pub fn new(following: &FollowerOptions, sources: Sources) -> Self {
         Self {
-            tracker: Tracker::new(capacity, sources),
+            tracker: Tracker::new(following.capacity, sources),
             diags: HashMap::new(),
             own_netns: inode(Path::new("/proc/self/ns/net")).unwrap_or(0),
-            interval,
+            interval: following.poll,
             next_poll: Instant::now(),
-            ports,
+            ports: following.ports.clone(),
             cost: PollCost::default(),
+        }
+    }
+
+    pub fn sources(&self) -> Sources {
+        self.tracker.sources()
+    }
+
+    /// What following has seen and cost so far, for the summary.
+    pub fn stats(&self) -> FollowerStats {
+        FollowerStats {
+            sources: self.tracker.sources(),
+            followed: self.tracker.len(),
+            polls: self.cost.polls,
+            sockets_read: self.cost.sockets_read,
+            poll_time: self.cost.time,
+            unreachable: self.cost.unreachable,
+            over_capacity: self.tracker.over_capacity,
+            rearmed: self.tracker.rearmed,
         }
     }
 

@@ -9,7 +9,7 @@ use crate::model::{
 };
 
 fn owner(pid: Option<u32>, comm: &Option<Comm>) -> (String, String) {
-    (pid.map_or("-".into(), |p| p.to_string()), comm.map_or("(unknown)".into(), |c| c.to_string()))
+    super::owner_columns(pid, comm.as_ref())
 }
 
 fn ms(ns: u64) -> String {
