@@ -15,6 +15,8 @@ bitflags! {
         const PORT = 4;
         const PID = 8;
         const COMM = 16;
+        /// The owner was under one of the `CGROUPS` when it was captured.
+        const CGROUP = 32;
     }
 }
 
@@ -51,6 +53,9 @@ pub const FILTER_RPORT: u8 = FilterSet::RPORT.bits();
 pub const FILTER_PORT: u8 = FilterSet::PORT.bits();
 pub const FILTER_PID: u8 = FilterSet::PID.bits();
 pub const FILTER_COMM: u8 = FilterSet::COMM.bits();
+pub const FILTER_CGROUP: u8 = FilterSet::CGROUP.bits();
+/// Slots of the `CGROUPS` array (`--cgroup`, repeatable).
+pub const MAX_CGROUPS: u32 = 8;
 pub const PORT_AS_LOCAL: u8 = PortRoles::LOCAL.bits();
 pub const PORT_AS_REMOTE: u8 = PortRoles::REMOTE.bits();
 pub const PORT_AS_EITHER: u8 = PortRoles::EITHER.bits();
@@ -149,7 +154,9 @@ pub struct Config {
     pub tw: TwOffsets,
     /// [`StreamSet`].
     pub stream: u8,
-    pub _pad: [u8; 7],
+    /// `CGROUPS` slots in use.
+    pub cgroups: u8,
+    pub _pad: [u8; 6],
 }
 
 /// The exact-mode programs, and the kernel functions each attaches to, in
@@ -182,6 +189,7 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_PORTS: &str = "PORTS";
 pub const MAP_PIDS: &str = "PIDS";
 pub const MAP_COMMS: &str = "COMMS";
+pub const MAP_CGROUPS: &str = "CGROUPS";
 pub const MAP_STATE_TIME: &str = "STATE_TIME";
 pub const MAP_GAUGES: &str = "GAUGES";
 pub const GLOBAL_CONFIG: &str = "CONFIG";

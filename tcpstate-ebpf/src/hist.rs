@@ -65,4 +65,6 @@ pub struct StateTime {
     /// Exact extremes; `min` is 0 until something was recorded.
     pub min_ns: u64,
     pub max_ns: u64,
+    /// The exact total, for a histogram's `_sum`.
+    pub sum_ns: u64,
 }

@@ -171,9 +171,9 @@ mod tests {
 
     #[test]
     fn abi_sizes_are_fixed() {
-        assert_eq!(core::mem::size_of::<Event>(), 104);
-        assert_eq!(core::mem::size_of::<SockRecord>(), 48);
-        assert_eq!(core::mem::size_of::<Owner>(), 24);
+        assert_eq!(core::mem::size_of::<Event>(), 112);
+        assert_eq!(core::mem::size_of::<SockRecord>(), 56);
+        assert_eq!(core::mem::size_of::<Owner>(), 32);
         assert_eq!(core::mem::size_of::<RecordOffsets>(), 22);
         assert_eq!(core::mem::size_of::<Config>(), 64);
         assert_eq!(core::mem::size_of::<TwHookEvent>(), 72);

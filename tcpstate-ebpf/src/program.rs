@@ -8,11 +8,11 @@ use aya_ebpf::{
         BPF_ANY, BPF_F_NO_COMMON_LRU, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
     },
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_buf,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
     },
     macros::{fentry, map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{CgroupArray, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
@@ -38,12 +38,20 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS,
 /// of one per field.
 #[map]
 static RECORD: PerCpuArray<[u8; RECORD_SCRATCH_LEN]> = PerCpuArray::with_max_entries(1, 0);
+/// The socket's record while the program works on it: here, not on the
+/// 512-byte stack, which 6.1's verifier finds too deep otherwise.
+#[map]
+static SCRATCH: PerCpuArray<SockRecord> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 static COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(64, 0);
+/// `--cgroup`: the cgroups an owner must be under (userspace writes their
+/// directories' fds); the first `Config::cgroups` slots are in use.
+#[map]
+static CGROUPS: CgroupArray = CgroupArray::with_max_entries(MAX_CGROUPS, 0);
 /// Summary mode: time spent in each state, by the state left.
 #[map]
 static STATE_TIME: PerCpuArray<StateTime> = PerCpuArray::with_max_entries(TCP_STATE_COUNT as u32, 0);
@@ -147,54 +155,51 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
     // Updated in place: a map update per event costs more than the rest of
     // the program. Events for one socket are serialised by its lock.
     let slot = if new_life { None } else { SOCKETS.get_ptr_mut(skaddr) };
+    // One copy of the record on the stack, not two: the 512-byte stack is
+    // nearly full, and 6.1's verifier counts it strictly.
+    let known = slot.is_some();
     // SAFETY: a valid map value pointer, read once.
-    let known = slot.map(|p| unsafe { *p });
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return Ok(()) };
+    // SAFETY: this CPU's slot; the program does not nest on one CPU.
+    let rec = unsafe { &mut *scratch };
+    *rec = match slot {
+        // SAFETY: a valid map value pointer, read once.
+        Some(p) => unsafe { *p },
+        None => SockRecord {
+            first_seen_ns: now,
+            last_change_ns: now,
+            comm: [0; 16],
+            cgroup_id: 0,
+            pid: 0,
+            netns: netns_of(skaddr, cfg.sock),
+            close: CLOSE_UNKNOWN,
+            flags: if new_life { FLAG_FROM_START } else { 0 },
+            state: old,
+            _pad: 0,
+            sport,
+            dport,
+        },
+    };
     // The kernel skips tracepoint hits under load (docs/ARCHITECTURE.md,
     // "Lost transitions"): a socket leaving a state other than the one the
     // table saw it enter has missed transitions, so its time in `old` is
     // unknown.
-    let gap = known.is_some_and(|rec| missed_transitions(rec.state, old));
-    let in_old_state_ns = match known {
-        Some(rec) if !gap => now.saturating_sub(rec.last_change_ns),
-        _ => DURATION_UNKNOWN,
-    };
-    let mut rec = known.unwrap_or_else(|| SockRecord {
-        first_seen_ns: now,
-        last_change_ns: now,
-        comm: [0; 16],
-        pid: 0,
-        netns: netns_of(skaddr, cfg.sock),
-        close: CLOSE_UNKNOWN,
-        flags: if new_life { FLAG_FROM_START } else { 0 },
-        state: old,
-        _pad: 0,
-        sport,
-        dport,
-    });
+    let gap = known && missed_transitions(rec.state, old);
+    let in_old_state_ns =
+        if known && !gap { now.saturating_sub(rec.last_change_ns) } else { DURATION_UNKNOWN };
     let last_state = rec.state;
     let first_gap = gap && rec.flags & FLAG_HAD_GAP == 0;
     if gap {
         rec.flags |= FLAG_HAD_GAP;
     }
 
-    if owner_is_current(old, new) {
-        rec.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        rec.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        rec.flags = (rec.flags | FLAG_OWNER_KNOWN) & !FLAG_OWNER_FROM_LISTENER;
-    } else if is_accepted_child(old, new) {
-        // SAFETY: read-only copy of a small value.
-        if let Some(owner) = unsafe { LISTENERS.get(sport) } {
-            rec.pid = owner.pid;
-            rec.comm = owner.comm;
-            rec.flags |= FLAG_OWNER_KNOWN | FLAG_OWNER_FROM_LISTENER;
-        }
-    }
-    if old == TCP_CLOSE && new == TCP_LISTEN {
-        let owner = Owner { comm: rec.comm, pid: rec.pid, _pad: 0 };
-        let _ = LISTENERS.insert(sport, owner, 0);
-    } else if old == TCP_LISTEN && new == TCP_CLOSE {
-        let _ = LISTENERS.remove(sport);
-    }
+    // BPF subprograms take at most five arguments: pairs go packed.
+    attribute_owner(
+        rec,
+        u16::from_be_bytes([old, new]),
+        sport,
+        u16::from_be_bytes([cfg.filters, cfg.cgroups]),
+    );
     rec.close = close_side_after(rec.close, old, new);
     rec.last_change_ns = now;
     rec.state = new;
@@ -207,12 +212,12 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
             }
         }
         // SAFETY: the same valid map value pointer.
-        Some(p) => unsafe { *p = rec },
+        Some(p) => unsafe { *p = *rec },
         None if new == TCP_CLOSE => {}
-        None => remember(ctx, cfg.filters, skaddr, &rec, new_life),
+        None => remember(ctx, cfg.filters, skaddr, rec, new_life),
     }
 
-    if cfg.filters != 0 && !selected(cfg.filters, sport, dport, &rec) {
+    if cfg.filters != 0 && !selected(cfg.filters, sport, dport, rec) {
         return Ok(());
     }
     if first_gap {
@@ -220,7 +225,7 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
     }
     bump(&TRANSITIONS, transition_index(old, new));
     if cfg.stream & STREAM_SUMMARY != 0 {
-        let left = known.map(|_| last_state);
+        let left = known.then_some(last_state);
         summarize(cfg.stream, old, new, left, in_old_state_ns, rec.close);
         if !streamed(cfg.stream, old, new) {
             return Ok(());
@@ -231,27 +236,34 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
         bump(&COUNTERS, COUNTER_RINGBUF_FULL);
         return Ok(());
     };
-    entry.write(Event {
-        kind: RECORD_TRANSITION,
-        ts_ns: now,
-        skaddr,
-        in_old_state_ns,
-        first_seen_ns: rec.first_seen_ns,
-        saddr: record.get::<[u8; 16]>(off.saddr_v6),
-        daddr,
-        comm: rec.comm,
-        pid: rec.pid,
-        netns: rec.netns,
-        sport,
-        dport,
-        family,
-        oldstate: old,
-        newstate: new,
-        close: rec.close,
-        flags: if gap { rec.flags | FLAG_GAP } else { rec.flags },
-        last_state,
-        _pad: [0; 4],
-    });
+    // Written field by field into the ring's memory: a whole `Event` built
+    // first would take 112 bytes of the 512-byte stack, which 6.1's
+    // verifier then finds too deep.
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` is the reserved record, exclusively ours until submit;
+    // every field is written (plain integers, no drop) before it is.
+    unsafe {
+        (*e).kind = RECORD_TRANSITION;
+        (*e).oldstate = old;
+        (*e).newstate = new;
+        (*e).close = rec.close;
+        (*e).flags = if gap { rec.flags | FLAG_GAP } else { rec.flags };
+        (*e).last_state = last_state;
+        (*e).family = family;
+        (*e).ts_ns = now;
+        (*e).skaddr = skaddr;
+        (*e).in_old_state_ns = in_old_state_ns;
+        (*e).first_seen_ns = rec.first_seen_ns;
+        (*e).saddr = record.get::<[u8; 16]>(off.saddr_v6);
+        (*e).daddr = daddr;
+        (*e).comm = rec.comm;
+        (*e).cgroup_id = rec.cgroup_id;
+        (*e).pid = rec.pid;
+        (*e).netns = rec.netns;
+        (*e).sport = sport;
+        (*e).dport = dport;
+        (*e)._pad = [0; 4];
+    }
     // Waking the reader costs more than the rest of the program, so wake it
     // only once a batch is waiting; it also drains on a timer.
     let wakeup = match cfg.wakeup_bytes {
@@ -367,12 +379,12 @@ fn v4_mapped(addr: [u8; 4]) -> [u8; 16] {
 #[inline(always)]
 fn remember(ctx: &TracePointContext, filters: u8, skaddr: u64, rec: &SockRecord, new_life: bool) {
     let flags = if new_life { BPF_NOEXIST } else { BPF_ANY };
-    match SOCKETS.insert(skaddr, *rec, flags.into()) {
+    match SOCKETS.insert(skaddr, rec, flags.into()) {
         Ok(()) => bump(&COUNTERS, COUNTER_SOCKETS_INSERTED),
         Err(EEXIST) if new_life => {
             // SAFETY: read-only copy of a map value.
             let stale = unsafe { SOCKETS.get(skaddr) }.copied();
-            if SOCKETS.insert(skaddr, *rec, BPF_ANY.into()).is_err() {
+            if SOCKETS.insert(skaddr, rec, BPF_ANY.into()).is_err() {
                 bump(&COUNTERS, COUNTER_SOCKET_INSERT_FAILED);
             }
             if let Some(stale) = stale
@@ -419,6 +431,7 @@ fn summarize(stream: u8, old: u8, new: u8, left: Option<u8>, in_old_state_ns: u6
         if ns > time.max_ns {
             time.max_ns = ns;
         }
+        time.sum_ns = time.sum_ns.wrapping_add(in_old_state_ns);
     }
     if let Some(left) = left
         && let Some(gauge) = GAUGES.get_ptr_mut(u32::from(left))
@@ -474,7 +487,66 @@ fn selected(filters: u8, sport: u16, dport: u16, rec: &SockRecord) -> bool {
     if filters & FILTER_COMM != 0 && !(owner_known && unsafe { COMMS.get(rec.comm) }.is_some()) {
         return false;
     }
+    if filters & FILTER_CGROUP != 0 && !(owner_known && rec.flags & FLAG_OWNER_IN_CGROUP != 0) {
+        return false;
+    }
     true
+}
+
+/// Records the socket's owner where it is known (docs/ARCHITECTURE.md,
+/// "Owners"), and keeps the listener table.
+#[inline(always)]
+fn attribute_owner(rec: &mut SockRecord, transition: u16, sport: u16, selection: u16) {
+    let [old, new] = transition.to_be_bytes();
+    let [filters, cgroups] = selection.to_be_bytes();
+    if owner_is_current(old, new) {
+        rec.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        rec.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        // SAFETY: a plain helper call; the cgroup v2 (default hierarchy) id.
+        rec.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        rec.flags = (rec.flags | FLAG_OWNER_KNOWN) & !(FLAG_OWNER_FROM_LISTENER | FLAG_OWNER_IN_CGROUP);
+        if filters & FILTER_CGROUP != 0 && in_selected_cgroup(cgroups) {
+            rec.flags |= FLAG_OWNER_IN_CGROUP;
+        }
+    } else if is_accepted_child(old, new) {
+        // SAFETY: read-only copy of a small value.
+        if let Some(owner) = unsafe { LISTENERS.get(sport) } {
+            rec.pid = owner.pid;
+            rec.comm = owner.comm;
+            rec.cgroup_id = owner.cgroup_id;
+            rec.flags = (rec.flags & !FLAG_OWNER_IN_CGROUP)
+                | FLAG_OWNER_KNOWN
+                | FLAG_OWNER_FROM_LISTENER
+                | owner.flags;
+        }
+    }
+    if old == TCP_CLOSE && new == TCP_LISTEN {
+        let owner = Owner {
+            comm: rec.comm,
+            cgroup_id: rec.cgroup_id,
+            pid: rec.pid,
+            flags: rec.flags & FLAG_OWNER_IN_CGROUP,
+            _pad: [0; 3],
+        };
+        let _ = LISTENERS.insert(sport, owner, 0);
+    } else if old == TCP_LISTEN && new == TCP_CLOSE {
+        let _ = LISTENERS.remove(sport);
+    }
+}
+
+/// Whether the current task is under one of the first `count` `--cgroup`
+/// cgroups (or their descendants). A fixed bound: the verifier unrolls it.
+#[inline(always)]
+fn in_selected_cgroup(count: u8) -> bool {
+    for slot in 0..MAX_CGROUPS {
+        if slot >= u32::from(count) {
+            break;
+        }
+        if CGROUPS.current_task_under_cgroup(slot) == Ok(true) {
+            return true;
+        }
+    }
+    false
 }
 
 #[cfg(not(test))]

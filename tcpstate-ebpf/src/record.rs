@@ -41,6 +41,8 @@ bitflags! {
         /// `SockRecord::flags` (and so every later event): the socket has
         /// missed a transition at some point, counted once per socket.
         const HAD_GAP = 16;
+        /// The owner was under one of the `--cgroup` cgroups when captured.
+        const OWNER_IN_CGROUP = 32;
     }
 }
 
@@ -50,8 +52,9 @@ pub const FLAG_OWNER_FROM_LISTENER: u8 = RecordFlags::OWNER_FROM_LISTENER.bits()
 pub const FLAG_FROM_START: u8 = RecordFlags::FROM_START.bits();
 pub const FLAG_GAP: u8 = RecordFlags::GAP.bits();
 pub const FLAG_HAD_GAP: u8 = RecordFlags::HAD_GAP.bits();
+pub const FLAG_OWNER_IN_CGROUP: u8 = RecordFlags::OWNER_IN_CGROUP.bits();
 
-/// One state transition, as sent through the ring buffer. 104 bytes; the
+/// One state transition, as sent through the ring buffer. 112 bytes; the
 /// one-byte fields come first so that the kind leads without padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -77,6 +80,8 @@ pub struct Event {
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     pub comm: [u8; 16],
+    /// The owner's cgroup v2 id when it was captured; 0 when unknown.
+    pub cgroup_id: u64,
     pub pid: u32,
     /// Inode of the socket's network namespace; 0 when unknown.
     pub netns: u32,
@@ -92,6 +97,9 @@ pub struct SockRecord {
     pub first_seen_ns: u64,
     pub last_change_ns: u64,
     pub comm: [u8; 16],
+    /// The owner's cgroup v2 id (`bpf_get_current_cgroup_id`), captured
+    /// with `pid` and `comm`.
+    pub cgroup_id: u64,
     pub pid: u32,
     pub netns: u32,
     pub close: u8,
@@ -111,8 +119,11 @@ pub struct SockRecord {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Owner {
     pub comm: [u8; 16],
+    pub cgroup_id: u64,
     pub pid: u32,
-    pub _pad: u32,
+    /// Its `RecordFlags::OWNER_IN_CGROUP`, for the sockets it accepts.
+    pub flags: u8,
+    pub _pad: [u8; 3],
 }
 
 /// `TwHookEvent::hook`: which kernel function fired (docs/ARCHITECTURE.md,

@@ -33,6 +33,25 @@ pub enum Command {
     Census(CensusArgs),
     /// Show the TIME_WAIT-related sysctls and what they really do
     Sysctl(SysctlArgs),
+    /// Serve Prometheus / OpenMetrics metrics: transitions, time in state,
+    /// timewait ends, closes and TIME_WAIT producers by container
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// Address to serve /metrics on. Loopback by default: the metrics name
+    /// processes and containers; listen wider only on purpose
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9977")]
+    pub listen: std::net::SocketAddr,
+    /// Workloads (container and process name) with their own series, per
+    /// producer metric; later ones count under container="other"
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_series: u32,
 }
 
 #[derive(Debug, Args)]
@@ -59,7 +78,8 @@ pub struct CensusArgs {
     /// Only sockets with one of these ports at either end (filtered in the kernel)
     #[arg(long, value_name = "PORTS", value_delimiter = ',', value_parser = parse_port)]
     pub port: Vec<u16>,
-    /// Also count per local port, remote address or owning process
+    /// Also count per local port, remote address, owning process, or its
+    /// container / cgroup
     #[arg(long, value_enum)]
     pub by: Option<CensusGroup>,
     /// One JSON document per census
@@ -78,6 +98,8 @@ pub enum CensusGroup {
     Raddr,
     /// Owning process (timewait sockets have none)
     Process,
+    /// The owning process's container, systemd unit or cgroup path
+    Cgroup,
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +111,10 @@ pub struct TraceArgs {
     /// JSON Lines output, one object per transition
     #[arg(long)]
     pub json: bool,
+    /// Text: add a CONTAINER column (the owner's container, systemd unit or
+    /// cgroup path; JSON always has them)
+    #[arg(long)]
+    pub container: bool,
 }
 
 #[derive(Debug, Args)]
@@ -144,6 +170,11 @@ pub struct FilterArgs {
     /// Owner process names (as in /proc/PID/comm, at most 15 bytes)
     #[arg(long, value_name = "NAMES", value_delimiter = ',', value_parser = parse_comm)]
     pub comm: Vec<String>,
+    /// Owners under this cgroup v2 directory (or a descendant) when they
+    /// were seen: a path below the cgroup2 mount, or absolute; repeatable,
+    /// up to 8
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -8,10 +8,11 @@ use std::time::Duration;
 use tcpstate_ebpf::{self as abi, StreamSet};
 
 use crate::{
+    UsageError,
     cli::{self, Cli, Command},
     model::{census::GroupBy, filter::Filters, timewait::DEFAULT_CAPACITY, transition::Family},
     sink::Format,
-    source::{follower::FollowerOptions, sockdiag::Netns, tracer::TracerOptions},
+    source::{cgroup::cgroup_dir, follower::FollowerOptions, sockdiag::Netns, tracer::TracerOptions},
 };
 
 /// A tracing session: what the kernel side collects, and for how long.
@@ -62,6 +63,8 @@ pub struct Trace {
     pub format: Format,
     /// Addresses are IPv4 only: narrower columns.
     pub ipv4_only: bool,
+    /// Text: a last column with the owner's container or cgroup.
+    pub container_column: bool,
 }
 
 /// How `stats` and `top` present the aggregate.
@@ -104,7 +107,16 @@ pub struct Sysctl {
 }
 
 #[derive(Clone, Debug)]
+pub struct Export {
+    pub session: Session,
+    pub listen: std::net::SocketAddr,
+    /// Workloads with their own series, per producer metric.
+    pub max_series: usize,
+}
+
+#[derive(Clone, Debug)]
 pub enum Config {
+    Export(Export),
     Trace(Trace),
     /// `stats` and `top`.
     Report(Report),
@@ -130,42 +142,47 @@ fn family(ipv4: bool, ipv6: bool) -> Option<Family> {
     }
 }
 
-fn filters(args: &cli::FilterArgs) -> Filters {
-    Filters {
+fn filters(args: &cli::FilterArgs) -> anyhow::Result<Filters> {
+    if args.cgroup.len() > abi::MAX_CGROUPS as usize {
+        return Err(UsageError(format!("at most {} --cgroup", abi::MAX_CGROUPS)).into());
+    }
+    let cgroups = args.cgroup.iter().map(|p| cgroup_dir(p)).collect::<Result<_, _>>()?;
+    Ok(Filters {
         family: family(args.ipv4, args.ipv6),
         lports: args.lport.clone(),
         rports: args.rport.clone(),
         ports: args.port.clone(),
         pids: args.pid.clone(),
         comms: args.comm.clone(),
-    }
+        cgroups,
+    })
 }
 
-fn session(filter_args: &cli::FilterArgs, args: &cli::SessionArgs, summary: bool) -> Session {
-    let filters = filters(filter_args);
+fn session(filter_args: &cli::FilterArgs, args: &cli::SessionArgs, summary: bool) -> anyhow::Result<Session> {
+    let filters = filters(filter_args)?;
     let following = (!args.no_timewait).then(|| FollowerOptions {
         exact_hooks: args.tw_mode == cli::TimewaitMode::Auto,
         poll: args.tw_poll,
         ports: filters.any_ports(),
         capacity: DEFAULT_CAPACITY,
     });
-    Session {
+    Ok(Session {
         filters,
         ring_bytes: args.ring_size.unwrap_or(abi::DEFAULT_RING_BYTES),
         max_sockets: args.max_sockets,
         summary,
         following,
         duration: args.duration,
-    }
+    })
 }
 
-fn report(args: &cli::StatsArgs, view: View) -> Report {
-    Report {
-        session: session(&args.filters, &args.session, true),
+fn report(args: &cli::StatsArgs, view: View) -> anyhow::Result<Report> {
+    Ok(Report {
+        session: session(&args.filters, &args.session, true)?,
         format: format(args.report.json),
         view,
         rows: args.report.top.into(),
-    }
+    })
 }
 
 impl Config {
@@ -174,16 +191,17 @@ impl Config {
     pub fn resolve(cli: Cli, stdout_is_terminal: bool) -> anyhow::Result<Self> {
         Ok(match cli.command {
             Command::Trace(args) => Self::Trace(Trace {
-                session: session(&args.filters, &args.session, false),
+                session: session(&args.filters, &args.session, false)?,
                 format: format(args.json),
                 ipv4_only: args.filters.ipv4,
+                container_column: args.container,
             }),
-            Command::Stats(args) => Self::Report(report(&args, View::Final)),
+            Command::Stats(args) => Self::Report(report(&args, View::Final)?),
             Command::Top(top) => {
                 let dashboard = stdout_is_terminal && !top.stats.report.json;
                 let view =
                     if dashboard { View::Dashboard(top.interval) } else { View::Periodic(top.interval) };
-                Self::Report(report(&top.stats, view))
+                Self::Report(report(&top.stats, view)?)
             }
             Command::Census(args) => {
                 let (netns, netns_name) = netns(args.netns.as_deref())?;
@@ -197,11 +215,17 @@ impl Config {
                         cli::CensusGroup::Lport => GroupBy::Lport,
                         cli::CensusGroup::Raddr => GroupBy::Raddr,
                         cli::CensusGroup::Process => GroupBy::Process,
+                        cli::CensusGroup::Cgroup => GroupBy::Cgroup,
                     }),
                     format: format(args.json),
                     watch: args.watch,
                 })
             }
+            Command::Export(args) => Self::Export(Export {
+                session: session(&args.filters, &args.session, true)?,
+                listen: args.listen,
+                max_series: args.max_series as usize,
+            }),
             Command::Sysctl(args) => {
                 let (netns, netns_name) = netns(args.netns.as_deref())?;
                 Self::Sysctl(Sysctl { netns, netns_name, format: format(args.json) })

@@ -21,6 +21,7 @@ use crate::{
     },
     sink::{Flow, Sink, is_closed_pipe},
     source::{
+        cgroup::CgroupResolver,
         follower::Follower,
         procnet,
         tracer::{POLL_INTERVAL, Record, Tracer},
@@ -39,59 +40,66 @@ pub enum EndReason {
     OutputClosed,
 }
 
-/// Hands the waiting transitions to the sink, and to the timewait follower,
-/// whose events go to the sink too.
-/// At the end (`last`), the follower polls whether due or not.
-fn drain(
-    tracer: &mut Tracer,
-    sink: &mut dyn Sink,
-    follower: &mut Option<&mut Follower>,
-    last: bool,
-) -> io::Result<()> {
-    let mut events = Vec::new();
-    tracer.drain(|record| {
-        match record {
-            Record::Transition(t) => {
-                sink.transition(&t).map_err(naming_stdout)?;
-                events.extend(follower.as_mut().and_then(|f| f.on_transition(&t)));
-            }
-            Record::Timewait(hook) => {
-                if let Some(f) = follower.as_mut() {
-                    f.on_hook(&hook, &mut events);
-                }
-            }
-        }
-        // In the kernel's order, interleaved with the transitions.
-        events.drain(..).try_for_each(|e| sink.timewait(&e).map_err(naming_stdout))
-    })?;
-    if let Some(f) = follower {
-        let polled = if last { f.poll_now(&mut events) } else { f.poll_if_due(&mut events) };
-        polled.map_err(io::Error::other)?;
-        for e in &events {
-            sink.timewait(e).map_err(naming_stdout)?;
-        }
-    }
-    sink.flush().map_err(naming_stdout)
-}
-
 /// A sink's write failed: say it was the output (stdout), keeping the
 /// error's kind so that a closed pipe still ends quietly.
 pub fn naming_stdout(e: io::Error) -> io::Error {
     if is_closed_pipe(&e) { e } else { io::Error::new(e.kind(), format!("writing to stdout: {e}")) }
 }
 
-fn deliver(
-    tracer: &mut Tracer,
-    sink: &mut dyn Sink,
-    follower: &mut Option<&mut Follower>,
-    tcpext_at_start: &BTreeMap<String, u64>,
-) -> io::Result<Flow> {
-    drain(tracer, sink, follower, false)?;
-    sink.tick(&|| readings(tracer, tcpext_at_start).map_err(io::Error::other))
+/// The sources of a session, between the ring buffer and the sink.
+struct Pipeline {
+    tracer: Tracer,
+    follower: Option<Follower>,
+    cgroups: CgroupResolver,
+    /// TcpExt counters at start: reports show what changed since.
+    tcpext_at_start: BTreeMap<String, u64>,
 }
 
-fn readings(tracer: &Tracer, tcpext_at_start: &BTreeMap<String, u64>) -> anyhow::Result<Readings> {
-    Ok(Readings { counters: tracer.counters()?, tcpext: procnet::delta(tcpext_at_start, &procnet::tcpext()) })
+impl Pipeline {
+    /// Hands the waiting transitions to the sink, each with its owner's
+    /// cgroup resolved, and to the timewait follower, whose events go to the
+    /// sink too. At the end (`last`), the follower polls whether due or not.
+    fn drain(&mut self, sink: &mut dyn Sink, last: bool) -> io::Result<()> {
+        let Self { tracer, follower, cgroups, .. } = self;
+        let mut events = Vec::new();
+        tracer.drain(|record| {
+            match record {
+                Record::Transition(mut t) => {
+                    t.cgroup = t.owner.and_then(|o| cgroups.resolve(o.cgroup_id));
+                    sink.transition(&t).map_err(naming_stdout)?;
+                    events.extend(follower.as_mut().and_then(|f| f.on_transition(&t)));
+                }
+                Record::Timewait(hook) => {
+                    if let Some(f) = follower.as_mut() {
+                        f.on_hook(&hook, &mut events);
+                    }
+                }
+            }
+            // In the kernel's order, interleaved with the transitions.
+            events.drain(..).try_for_each(|e| sink.timewait(&e).map_err(naming_stdout))
+        })?;
+        if let Some(f) = follower {
+            let polled = if last { f.poll_now(&mut events) } else { f.poll_if_due(&mut events) };
+            polled.map_err(io::Error::other)?;
+            for e in &events {
+                sink.timewait(e).map_err(naming_stdout)?;
+            }
+        }
+        sink.flush().map_err(naming_stdout)
+    }
+
+    fn deliver(&mut self, sink: &mut dyn Sink) -> io::Result<Flow> {
+        self.drain(sink, false)?;
+        sink.tick(&|| self.readings().map_err(io::Error::other))
+    }
+
+    fn readings(&self) -> anyhow::Result<Readings> {
+        Ok(Readings {
+            counters: self.tracer.counters()?,
+            tcpext: procnet::delta(&self.tcpext_at_start, &procnet::tcpext()),
+            process: procnet::self_usage(),
+        })
+    }
 }
 
 /// The signals that end a session, listened to from before the start-up
@@ -114,14 +122,11 @@ impl Signals {
 
 /// A session attached and collecting.
 pub struct Running {
-    tracer: Tracer,
-    follower: Option<Follower>,
+    pipeline: Pipeline,
     /// Taken by the event loop.
     signals: Option<Signals>,
     duration: Option<Duration>,
     summary: bool,
-    /// TcpExt counters at start: reports show what changed since.
-    tcpext_at_start: BTreeMap<String, u64>,
 }
 
 /// Listens for the ending signals, loads and attaches the program, and
@@ -131,20 +136,14 @@ pub fn start(session: &config::Session) -> anyhow::Result<Running> {
     let tcpext_at_start = procnet::tcpext();
     let tracer = Tracer::start(&session.tracer_options())?;
     let follower = session.following.as_ref().map(|f| Follower::new(f, tracer.hooks().sources()));
-    Ok(Running {
-        tracer,
-        follower,
-        signals: Some(signals),
-        duration: session.duration,
-        summary: session.summary,
-        tcpext_at_start,
-    })
+    let pipeline = Pipeline { tracer, follower, cgroups: CgroupResolver::new(), tcpext_at_start };
+    Ok(Running { pipeline, signals: Some(signals), duration: session.duration, summary: session.summary })
 }
 
 impl Running {
     /// How timewait sockets are followed, if they are.
     pub fn following(&self) -> Option<Sources> {
-        self.follower.as_ref().map(Follower::sources)
+        self.pipeline.follower.as_ref().map(Follower::sources)
     }
 
     /// An empty aggregate in the mode this session streams: in summary
@@ -158,39 +157,36 @@ impl Running {
     }
 
     pub fn counters(&self) -> anyhow::Result<KernelCounters> {
-        self.tracer.counters()
+        self.pipeline.tracer.counters()
     }
 
     /// The counters, and the TcpExt counters' change since start.
     pub fn readings(&self) -> anyhow::Result<Readings> {
-        readings(&self.tracer, &self.tcpext_at_start)
+        self.pipeline.readings()
     }
 
     pub fn follower_stats(&self) -> Option<FollowerStats> {
-        self.follower.as_ref().map(Follower::stats)
+        self.pipeline.follower.as_ref().map(Follower::stats)
     }
 
     /// Runs the event loop once; what arrived before the end still reaches
     /// the sink.
     pub async fn run(&mut self, sink: &mut dyn Sink) -> anyhow::Result<EndReason> {
         let signals = self.signals.take().ok_or_else(|| anyhow::anyhow!("the session already ran"))?;
-        let Self { tracer, follower, duration, tcpext_at_start, .. } = self;
-        event_loop(tracer, sink, *duration, follower.as_mut(), signals, tcpext_at_start).await
+        event_loop(&mut self.pipeline, sink, self.duration, signals).await
     }
 }
 
 async fn event_loop(
-    tracer: &mut Tracer,
+    pipeline: &mut Pipeline,
     sink: &mut dyn Sink,
     duration: Option<Duration>,
-    mut follower: Option<&mut Follower>,
     signals: Signals,
-    tcpext_at_start: &BTreeMap<String, u64>,
 ) -> anyhow::Result<EndReason> {
     let Signals { mut interrupt, mut terminate, mut hangup } = signals;
     // SAFETY: the tracer owns the fd and outlives `ready`, which is dropped
     // (and deregistered) at the end of this function.
-    let ready = unsafe { AsyncFd::register_with_interest(tracer.ring_fd(), Interest::READABLE) }?;
+    let ready = unsafe { AsyncFd::register_with_interest(pipeline.tracer.ring_fd(), Interest::READABLE) }?;
     let deadline = async {
         match duration {
             Some(d) => tokio::time::sleep_until(Instant::now() + d).await,
@@ -210,7 +206,7 @@ async fn event_loop(
             guard = ready.readable() => guard?.clear_ready(),
             _ = timer.tick() => {}
         }
-        match deliver(tracer, sink, &mut follower, tcpext_at_start) {
+        match pipeline.deliver(sink) {
             Ok(Flow::Continue) => {}
             Ok(Flow::Stop) => break EndReason::Quit,
             Err(e) if is_closed_pipe(&e) => return Ok(EndReason::OutputClosed),
@@ -218,7 +214,7 @@ async fn event_loop(
         }
     };
     // What arrived before the end still counts.
-    match drain(tracer, sink, &mut follower, true) {
+    match pipeline.drain(sink, true) {
         Err(e) if is_closed_pipe(&e) => Ok(EndReason::OutputClosed),
         other => other.map(|()| reason).map_err(Into::into),
     }

@@ -18,7 +18,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
     sync::atomic::{AtomicU16, Ordering},
     thread::sleep,
@@ -296,6 +296,90 @@ impl Drop for Peer {
     }
 }
 
+/// A cgroup v2 directory the test makes, under a parent of its own named
+/// after the test and this process; removed on drop (once its processes
+/// have exited).
+pub struct TestCgroup {
+    pub path: PathBuf,
+    /// The path below the cgroup2 mount, as tcpstate reports it.
+    pub relative: String,
+}
+
+/// The cgroup2 mount, from /proc/self/mountinfo; `None` without one.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    tcpstate::source::cgroup::cgroup2_mount(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)
+}
+
+impl TestCgroup {
+    /// `leaf` under `/tcpstate-<test>-<pid>/`.
+    pub fn new(test: &str, leaf: &str) -> Self {
+        let root = cgroup2_root().expect("a cgroup2 mount");
+        let relative = format!("/tcpstate-{test}-{}/{leaf}", std::process::id());
+        let path = root.join(relative.trim_start_matches('/'));
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        Self { path, relative }
+    }
+
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.path.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", self.path.display()));
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.path);
+        if let Some(parent) = self.path.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+impl Peer {
+    /// A peer that starts in `cgroup`: moved there before it does anything.
+    /// A server is listening when this returns.
+    pub fn spawn_in(netns: &Netns, cgroup: &TestCgroup, name: &str, server: bool, args: &[&str]) -> Self {
+        let mut peer = Self::spawn(netns, name, true, args);
+        cgroup.add(peer.pid());
+        peer.go();
+        if server {
+            peer.wait_ready();
+        }
+        peer
+    }
+}
+
+/// A workload pair: `prefix-cli`, in `client_cgroup`, makes `n` connections
+/// to `prefix-srv`, in `server_cgroup`, on 127.0.0.1:`port`, and closes each
+/// first; returns once both have exited and the namespace is quiet.
+pub fn close_first_across_cgroups(
+    ns: &Netns,
+    (client_cgroup, server_cgroup): (&TestCgroup, &TestCgroup),
+    prefix: &str,
+    port: &str,
+    n: u64,
+) {
+    let addr = format!("127.0.0.1:{port}");
+    let n = n.to_string();
+    let server = Peer::spawn_in(
+        ns,
+        server_cgroup,
+        &format!("{prefix}-srv"),
+        true,
+        &["server", "--listen", &addr, "--count", &n, "--close", "second"],
+    );
+    let client = Peer::spawn_in(
+        ns,
+        client_cgroup,
+        &format!("{prefix}-cli"),
+        false,
+        &["client", "--connect", &addr, "--count", &n, "--close", "first"],
+    );
+    client.finish();
+    server.finish();
+    ns.wait_until_quiet();
+}
+
 pub fn start_tracer(filters: Filters) -> Tracer {
     Tracer::start(&TracerOptions { filters, ..Default::default() }).expect("tracer starts")
 }
@@ -385,7 +469,7 @@ pub fn life_starting<'a>(
 }
 
 /// The `tcpstate` binary, built beside the tests by `cargo test --workspace`.
-fn tcpstate_exe() -> std::path::PathBuf {
+pub fn tcpstate_exe() -> std::path::PathBuf {
     let exe = peer_exe().with_file_name("tcpstate");
     assert!(exe.is_file(), "{} missing: run `cargo xtask test` or `cargo test --workspace`", exe.display());
     exe
@@ -499,7 +583,9 @@ impl CommandRun {
         let mut run = Self::spawn(args);
         let attached = wait_until(ATTACH_WAIT, || {
             let err = run.stderr.get();
-            err.lines().any(|l| l.starts_with("Tracing ") || l.starts_with("Collecting ")) || run.exited()
+            err.lines().any(|l| {
+                l.starts_with("Tracing ") || l.starts_with("Collecting ") || l.starts_with("Exporting ")
+            }) || run.exited()
         });
         run.attach = started.elapsed();
         if !attached || run.exited() {

@@ -230,6 +230,87 @@ fn the_final_report_polls_once_more() {
     assert_eq!(fin_wait2_count(&last), FIRST + SECOND, "{last}");
 }
 
+/// Owners in two cgroups the test makes, one named as docker names a
+/// container's scope, one as a systemd service: `stats` ranks TIME_WAIT
+/// producers and close sides by them, and `trace` names them.
+#[test]
+fn producers_by_container() {
+    if !kernel_tests_possible("by_container") {
+        return;
+    }
+    assert!(cgroup2_root().is_some(), "no cgroup2 mount");
+    const N: u64 = 6;
+    let id = format!("{:016x}", u64::from(std::process::id()) << 20 | 0xc0ffee).repeat(4);
+    let container = TestCgroup::new("bycont", &format!("docker-{id}.scope"));
+    let service = TestCgroup::new("bycont", "tsp-web.service");
+    let (report, rows, selected) = rerun_if_transitions_lost("by_container", || {
+        let ns = Netns::new("bycont");
+        let port = unique_port().to_string();
+        let stats = CommandRun::start(&["stats", "--json", "--port", &port]);
+        let trace = CommandRun::start(&["trace", "--json", "--no-timewait", "--port", &port]);
+        // Filtered in the kernel to the container's owners.
+        let only = CommandRun::start(&[
+            "trace",
+            "--json",
+            "--no-timewait",
+            "--port",
+            &port,
+            "--cgroup",
+            container.relative.as_str(),
+        ]);
+        close_first_across_cgroups(&ns, (&container, &service), "tsp-bc", &port, N);
+        let (stats, trace, only) = (stats.stop(), trace.stop(), only.stop());
+        let lost = stats.lost().max(trace.lost()).max(only.lost());
+        let report: Value = serde_json::from_str(&stats.stdout).expect("one JSON document");
+        let parse = |text: &str| -> Vec<Value> {
+            text.lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .filter(|r| r["kind"] == "transition")
+                .collect()
+        };
+        ((report, parse(&trace.stdout), parse(&only.stdout)), lost)
+    });
+    let short = &id[..12];
+    let tw = &report["time_wait"]["by_container"];
+    assert_eq!(tw["rows"], serde_json::json!([{"container": short, "count": N}]), "{tw}");
+    let closes: Vec<(String, u64, u64)> = report["closes"]["by_container"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["container"].as_str().unwrap_or("-").to_string(),
+                r["active"].as_u64().unwrap(),
+                r["passive"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(closes.contains(&(short.to_string(), N, 0)), "{closes:?}");
+    assert!(closes.contains(&("tsp-web.service".to_string(), 0, N)), "{closes:?}");
+
+    // trace: the client's connects carry the container, the server's
+    // listener the service.
+    let connects: Vec<&Value> =
+        rows.iter().filter(|r| r["comm"] == "tsp-bc-cli" && r["new_state"] == "SYN_SENT").collect();
+    assert_eq!(connects.len() as u64, N);
+    for r in connects {
+        assert_eq!(r["cgroup"], container.relative.as_str(), "{r}");
+        assert_eq!(r["container"], serde_json::json!({"id": id, "runtime": "docker", "pod_uid": null}));
+    }
+    let listen = rows.iter().find(|r| r["new_state"] == "LISTEN").expect("the server's listen");
+    assert_eq!(listen["cgroup"], service.relative.as_str());
+    assert_eq!(listen["container"]["runtime"], "systemd");
+
+    // --cgroup: the container's sockets, every transition of them, and
+    // none of the service's (its accepted sockets inherit its listener's).
+    assert!(selected.iter().all(|r| r["cgroup"] == container.relative.as_str()), "{selected:#?}");
+    let client_rows =
+        rows.iter().filter(|r| r["comm"] == "tsp-bc-cli" && r["cgroup"] == container.relative.as_str());
+    assert_eq!(selected.len(), client_rows.count(), "{selected:#?}");
+    let connects = selected.iter().filter(|r| r["new_state"] == "SYN_SENT").count() as u64;
+    assert_eq!(connects, N);
+}
+
 /// A server that holds each connection in CLOSE_WAIT for 200 ms.
 #[test]
 fn close_wait_hold_is_measured() {

@@ -106,6 +106,10 @@ fn census_counts_exactly_and_agrees_with_ss() {
         &CommandRun::run_to_end(&["census", "--netns", &ns.name, "--json", "--by", "process"]).stdout,
     )
     .unwrap();
+    let by_cgroup: Value = serde_json::from_str(
+        &CommandRun::run_to_end(&["census", "--netns", &ns.name, "--json", "--by", "cgroup"]).stdout,
+    )
+    .unwrap();
     let text = CommandRun::run_to_end(&["census", "--netns", &ns.name, "--by", "lport"]).stdout;
     let only: Value = serde_json::from_str(
         &CommandRun::run_to_end(&["census", "--netns", &ns.name, "--json", "--port", &port.to_string()])
@@ -178,6 +182,16 @@ fn census_counts_exactly_and_agrees_with_ss() {
     assert_eq!(owned, 2 + 2 * ESTABLISHED as u64 + CLOSE_WAIT as u64);
     let unowned = groups.iter().find(|g| g["key"].as_str().unwrap().starts_with("(timewait")).unwrap();
     assert_eq!(unowned["total"], (TIME_WAIT + CLOSE_WAIT) as u64);
+    // The same owners by cgroup: this process's, named as its path says.
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let path = own.lines().find_map(|l| l.strip_prefix("0::")).expect("a cgroup v2 path");
+    let label = tcpstate::model::cgroup::Cgroup::of_path(path).label.to_string();
+    let groups = by_cgroup["groups"].as_array().unwrap();
+    let ours = groups
+        .iter()
+        .find(|g| g["key"] == label.as_str())
+        .unwrap_or_else(|| panic!("no {label} in {groups:?}"));
+    assert_eq!(ours["total"], owned);
 
     assert!(text.contains("BY LPORT"), "{text}");
     assert!(text.contains("1 timewait") || text.contains("timewait, timer left"), "{text}");

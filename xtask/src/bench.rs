@@ -20,7 +20,7 @@ use crate::{capture, cargo, run_cmd, workspace_root};
 const NETNS: &str = "tcpstate-bench";
 const PORT: u16 = 9900;
 
-#[derive(clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct Options {
     /// Seconds of churn per run
     #[arg(long, default_value_t = 5.0)]
@@ -40,6 +40,10 @@ pub struct Options {
     /// Only the start-up cost (time to attach, peak RSS)
     #[arg(long)]
     attach_only: bool,
+    /// Also a soak: `export` through this many million transitions, its
+    /// RSS sampled every second
+    #[arg(long, value_name = "MILLIONS")]
+    soak: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -50,11 +54,23 @@ enum Mode {
     Stats,
     StatsNoTimewait,
     Top,
+    /// `export`, scraped every second as Prometheus would.
+    Export,
 }
 
+/// Where `export` listens during the bench.
+const EXPORT_LISTEN: &str = "127.0.0.1:9979";
+
 impl Mode {
-    const ALL: [Mode; 6] =
-        [Mode::Untraced, Mode::Floor, Mode::TraceJson, Mode::Stats, Mode::StatsNoTimewait, Mode::Top];
+    const ALL: [Mode; 7] = [
+        Mode::Untraced,
+        Mode::Floor,
+        Mode::TraceJson,
+        Mode::Stats,
+        Mode::StatsNoTimewait,
+        Mode::Top,
+        Mode::Export,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -64,6 +80,7 @@ impl Mode {
             Mode::Stats => "stats",
             Mode::StatsNoTimewait => "stats --no-timewait",
             Mode::Top => "top (not a TTY)",
+            Mode::Export => "export, scraped every 1 s",
         }
     }
 
@@ -75,6 +92,7 @@ impl Mode {
             Mode::Stats => &["stats", "--json"],
             Mode::StatsNoTimewait => &["stats", "--json", "--no-timewait"],
             Mode::Top => &["top", "--json", "--interval", "1"],
+            Mode::Export => &["export", "--listen", EXPORT_LISTEN],
         };
         Some(args.iter().copied().chain(["--port", &port]).map(String::from).collect())
     }
@@ -92,6 +110,8 @@ struct Run {
     cpu_s: Option<f64>,
     peak_rss_kib: Option<u64>,
     map_bytes: Option<u64>,
+    /// `export`: how long each scrape took, in ms.
+    scrape_ms: Vec<f64>,
 }
 
 impl Run {
@@ -105,6 +125,10 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 }
 
 fn churn(bin: &Path, opts: &Options, noop: bool) -> anyhow::Result<(u64, f64)> {
+    churn_with(bin, opts, noop, &[])
+}
+
+fn churn_with(bin: &Path, opts: &Options, noop: bool, extra: &[&str]) -> anyhow::Result<(u64, f64)> {
     let mut cmd = Command::new(bin);
     cmd.args([
         "--netns",
@@ -115,6 +139,7 @@ fn churn(bin: &Path, opts: &Options, noop: bool) -> anyhow::Result<(u64, f64)> {
         &opts.seconds.to_string(),
     ]);
     cmd.args(["--port", &PORT.to_string()]);
+    cmd.args(extra);
     if noop {
         cmd.arg("--noop-program");
     }
@@ -200,8 +225,10 @@ fn traced(
         let _ = child.wait();
         bail!("{} did not start", mode.name());
     }
+    let scraper = (mode == Mode::Export).then(Scraper::start);
     let (connections, seconds) = churn(churn_bin, opts, false)?;
     let map = map_bytes(child.id());
+    let scraped = scraper.map(Scraper::stop);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let (status, usage) = wait_rusage(&child)?;
@@ -209,7 +236,10 @@ fn traced(
         bail!("{} exited with status {status}", mode.name());
     }
     let last = reader.map(|r| r.join().unwrap_or_default()).unwrap_or_default();
-    let (transitions, events, dropped) = parse_counts(&last);
+    let ((transitions, events, dropped), scrape_ms) = match scraped {
+        Some((body, ms)) => (metric_counts(&body), ms),
+        None => (parse_counts(&last), Vec::new()),
+    };
     Ok(Run {
         connections,
         seconds,
@@ -219,7 +249,164 @@ fn traced(
         cpu_s: Some(tv_secs(usage.ru_utime) + tv_secs(usage.ru_stime)),
         peak_rss_kib: Some(usage.ru_maxrss as u64),
         map_bytes: Some(map),
+        scrape_ms,
     })
+}
+
+/// Scrapes `export` every second from a thread of its own, as Prometheus
+/// would, timing each scrape.
+struct Scraper {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<(String, Vec<f64>)>,
+}
+
+impl Scraper {
+    fn start() -> Self {
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let (mut last, mut times) = (String::new(), Vec::new());
+            loop {
+                let started = std::time::Instant::now();
+                if let Some(body) = scrape() {
+                    times.push(started.elapsed().as_secs_f64() * 1e3);
+                    last = body;
+                }
+                if stopped.recv_timeout(Duration::from_secs(1)).is_ok() {
+                    // One more once the exporter's snapshot (refreshed every
+                    // second) has caught up with the end of the churn.
+                    std::thread::sleep(Duration::from_millis(1500));
+                    return (scrape().unwrap_or(last), times);
+                }
+            }
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) -> (String, Vec<f64>) {
+        let _ = self.stop.send(());
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// Workloads the churn makes for the series-limit run: more than the
+/// default `--max-series` (500), so the exporter holds its most series.
+const WORKLOADS: u32 = 600;
+
+/// Starts `export` and waits for its start-up line.
+fn start_export(tcpstate: &Path) -> anyhow::Result<std::process::Child> {
+    let mut child = Command::new(tcpstate)
+        .args(["export", "--listen", EXPORT_LISTEN, "--port", &PORT.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if !started(&mut BufReader::new(child.stderr.take().context("stderr")?))? {
+        let _ = child.wait();
+        bail!("export did not start");
+    }
+    Ok(child)
+}
+
+/// `export` with its producer series at the limit (churn from more
+/// workloads than `--max-series`), scraped every second: how long a scrape
+/// of the most series takes.
+fn export_at_series_limit(
+    tcpstate: &Path,
+    churn_bin: &Path,
+    opts: &Options,
+) -> anyhow::Result<serde_json::Value> {
+    let child = start_export(tcpstate)?;
+    let scraper = Scraper::start();
+    let comms = WORKLOADS.to_string();
+    churn_with(churn_bin, opts, false, &["--comms", &comms])?;
+    let (body, mut times) = scraper.stop();
+    // Scrapes once the table is full: the last half of the run.
+    let full = times.split_off(times.len() / 2);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = wait_rusage(&child)?;
+    let series = body.lines().filter(|l| !l.starts_with('#')).count();
+    let producers = body.lines().filter(|l| l.starts_with("tcpstate_time_wait_entries_total{")).count();
+    let slowest = full.iter().copied().fold(0.0, f64::max);
+    let median = median(full);
+    println!(
+        "export at the series limit ({WORKLOADS} workloads, --max-series 500): {series} series ({producers} TIME_WAIT producer series), scrape median {median:.2} ms, slowest {slowest:.2} ms"
+    );
+    Ok(
+        serde_json::json!({"workloads": WORKLOADS, "series": series, "producer_series": producers, "scrape_median_ms": median, "scrape_max_ms": slowest}),
+    )
+}
+
+/// The exporter through `millions` × 10^6 transitions (a connection makes
+/// 10) from many workloads, its RSS sampled every second: flat after
+/// warm-up, or it leaks.
+fn soak(
+    tcpstate: &Path,
+    churn_bin: &Path,
+    opts: &Options,
+    millions: u64,
+) -> anyhow::Result<serde_json::Value> {
+    let child = start_export(tcpstate)?;
+    let pid = child.id();
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let sampler = std::thread::spawn(move || {
+        let mut rss = Vec::new();
+        while stopped.recv_timeout(Duration::from_secs(1)).is_err() {
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let kib = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
+            rss.extend(kib);
+            let _ = scrape();
+        }
+        rss
+    });
+    let connections = (millions * 1_000_000 / 10).to_string();
+    let long = Options { seconds: 3600.0, ..opts.clone() };
+    let comms = WORKLOADS.to_string();
+    let (made, seconds) =
+        churn_with(churn_bin, &long, false, &["--connections", &connections, "--comms", &comms])?;
+    let _ = stop.send(());
+    let rss = sampler.join().unwrap_or_default();
+    let body = scrape().unwrap_or_default();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = wait_rusage(&child)?;
+    let transitions = metric_counts(&body).0.unwrap_or(0);
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let after_warmup = rss.get(rss.len().min(10).saturating_sub(1)).copied().unwrap_or(0);
+    let end = rss.last().copied().unwrap_or(0);
+    let peak = rss.iter().copied().max().unwrap_or(0);
+    println!(
+        "export soak: {made} connections, {transitions} transitions in {seconds:.0} s; RSS after 10 s {:.1} MiB, at the end {:.1} MiB, peak {:.1} MiB",
+        mib(after_warmup),
+        mib(end),
+        mib(peak)
+    );
+    Ok(
+        serde_json::json!({"connections": made, "transitions": transitions, "seconds": seconds, "rss_kib": rss}),
+    )
+}
+
+/// One GET /metrics; the body.
+fn scrape() -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(EXPORT_LISTEN).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+/// Transitions and drops from a scrape (the exporter does not count the
+/// records it received).
+fn metric_counts(body: &str) -> (Option<u64>, Option<u64>, Option<u64>) {
+    let value = |l: &str| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).map(|v| v as u64);
+    let transitions =
+        body.lines().filter(|l| l.starts_with("tcpstate_transitions_total{")).filter_map(value).sum();
+    let dropped = body.lines().find(|l| l.starts_with("tcpstate_events_dropped_total ")).and_then(value);
+    (Some(transitions), None, dropped)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -345,8 +532,18 @@ pub fn bench(opts: &Options) -> anyhow::Result<()> {
     ip(&["-n", NETNS, "link", "set", "lo", "up"])?;
     let only = opts.census_only || opts.attach_only;
     let result = if only { Ok(serde_json::json!({})) } else { measure(&tcpstate, &churn_bin, opts) };
+    let at_limit =
+        if only { Ok(serde_json::Value::Null) } else { export_at_series_limit(&tcpstate, &churn_bin, opts) };
+    let soak = match opts.soak {
+        Some(millions) if !only => soak(&tcpstate, &churn_bin, opts, millions),
+        _ => Ok(serde_json::Value::Null),
+    };
     let _ = ip(&["netns", "del", NETNS]);
     let mut doc = result?;
+    if let Some(obj) = doc.as_object_mut() {
+        obj.insert("export_at_series_limit".into(), at_limit?);
+        obj.insert("export_soak".into(), soak?);
+    }
     let attach = attach_cost(&tcpstate, opts.reps.max(5))?;
     let census =
         if opts.attach_only { serde_json::Value::Null } else { census(&tcpstate, &churn_bin, opts)? };
@@ -529,7 +726,15 @@ fn measure(tcpstate: &Path, churn_bin: &Path, opts: &Options) -> anyhow::Result<
         model.push(serde_json::json!({"mode": mode.name(), "program_ns_per_hit": ns, "hits_per_connection": hits, "tracer_us_per_connection": tracer_us, "modelled_vs_untraced": modelled}));
     }
     println!("untraced: {base_us:.1} µs of CPU per connection ({nproc} CPUs busy)");
+    let scrapes: Vec<f64> = runs.iter().flatten().flat_map(|r| r.scrape_ms.iter().copied()).collect();
+    let slowest = scrapes.iter().copied().fold(0.0, f64::max);
+    println!(
+        "export under churn: {} scrapes, median {:.2} ms, slowest {slowest:.2} ms",
+        scrapes.len(),
+        median(scrapes.clone())
+    );
     let doc = serde_json::json!({
+        "export_scrape_ms": {"count": scrapes.len(), "median": median(scrapes), "max": slowest},
         "kernel": capture(Command::new("uname").arg("-r")).unwrap_or_default().trim(),
         "cpus": nproc,
         "seconds_per_run": opts.seconds,

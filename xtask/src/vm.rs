@@ -54,14 +54,17 @@ const VM_TIME_SCALE: u32 = 5;
 const VM_TESTS: [(&str, &[&str]); 4] =
     [("trace", &[]), ("aggregate", &[]), ("census", &[]), ("timewait", &["f_time_wait_expires_after_60s"])];
 
-/// Installs QEMU and a static busybox, and fetches the kernel (idempotent).
+/// What the tests run besides tcpstate: QEMU and a static busybox for the
+/// VM, Prometheus (and promtool) for the exporter's test.
+const TEST_PACKAGES: [&str; 3] = ["qemu-system-x86", "busybox-static", "prometheus"];
+
+/// Installs the test packages, and fetches the VM's kernel (idempotent).
 pub fn setup() -> anyhow::Result<()> {
     // By package, not by path: Debian's other busybox is dynamically linked
     // and would not run in the initramfs.
-    let missing: Vec<&str> =
-        ["qemu-system-x86", "busybox-static"].into_iter().filter(|p| !package_installed(p)).collect();
+    let missing: Vec<&str> = TEST_PACKAGES.into_iter().filter(|p| !package_installed(p)).collect();
     if missing.is_empty() {
-        println!("setup: qemu-system-x86 and busybox-static are installed");
+        println!("setup: {} are installed", TEST_PACKAGES.join(", "));
     } else {
         apt_install(&missing)?;
     }
@@ -207,6 +210,8 @@ mount -t devtmpfs dev /dev
 # No tmpfs on /tmp: the test binaries may live under it (a checkout in
 # /tmp), and the initramfs root is writable anyway.
 mount -t tmpfs run /run
+# Pure cgroup v2, as most hosts have it now (owners' cgroups, by container).
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mkdir -p /var /root && ln -s /run /var/run
 for m in /modules/*.ko; do insmod "$m"; done
 ip link set lo up

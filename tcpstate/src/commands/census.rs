@@ -23,7 +23,8 @@ pub async fn run(config: CensusConfig, out: Output<'_>) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     loop {
         let entries = diag.dump(&config.families, StateFlags::all(), &config.ports)?;
-        let owners = if config.by == Some(GroupBy::Process) { socket_owners() } else { Default::default() };
+        let by_owner = matches!(config.by, Some(GroupBy::Process | GroupBy::Cgroup));
+        let owners = if by_owner { socket_owners() } else { Default::default() };
         let census = Census::build(
             &entries,
             config.by,

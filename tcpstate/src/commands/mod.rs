@@ -3,6 +3,7 @@
 //! to its sinks.
 
 pub mod census;
+pub mod export;
 pub mod stats;
 pub mod sysctl;
 pub mod top;
@@ -26,6 +27,7 @@ pub async fn run(config: Config, out: Output<'_>) -> anyhow::Result<()> {
         Config::Report(c) if c.view == crate::config::View::Final => stats::run(c, out).await,
         Config::Report(c) => top::run(c, out).await,
         Config::Census(c) => census::run(c, out).await,
+        Config::Export(c) => export::run(c, out).await,
         Config::Sysctl(c) => sysctl::run(c, out),
     }
 }

@@ -18,14 +18,16 @@ pub async fn run(config: Trace, out: Output<'_>) -> anyhow::Result<()> {
     let clock = Clock::new();
     let mut sink: Box<dyn Sink + '_> = match config.format {
         Format::Json => Box::new(JsonSink::new(out.writer, clock)),
-        Format::Text => match TextSink::new(out.writer, clock, address_width(config.ipv4_only)) {
-            Ok(sink) => Box::new(sink),
-            Err(e) if is_closed_pipe(&e) => {
-                (out.notices)(&notices::kernel_counters(&session.counters()?));
-                return Ok(());
+        Format::Text => {
+            match TextSink::new(out.writer, clock, address_width(config.ipv4_only), config.container_column) {
+                Ok(sink) => Box::new(sink),
+                Err(e) if is_closed_pipe(&e) => {
+                    (out.notices)(&notices::kernel_counters(&session.counters()?));
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
-        },
+        }
     };
     (out.notices)(&notices::start_line(
         "Tracing TCP state transitions",

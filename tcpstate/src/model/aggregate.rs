@@ -4,6 +4,7 @@
 use std::{
     hash::Hash,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use hdrhistogram::Histogram;
@@ -162,6 +163,19 @@ impl<K: Hash + Eq + Clone + Ord, V: Tally> CappedTable<K, V> {
     }
 }
 
+/// `Aggregator::in_substate`'s slot for a timewait substate.
+fn substate_slot(substate: TcpState) -> Option<usize> {
+    match substate {
+        TcpState::FIN_WAIT2 => Some(0),
+        TcpState::TIME_WAIT => Some(1),
+        _ => None,
+    }
+}
+
+/// A workload as a fleet sees it: the owner's container (or cgroup) and its
+/// process name, never a pid or a port, so that label sets stay few.
+pub type Workload = (Option<Arc<str>>, Option<Comm>);
+
 /// The owner a row is filed under; unknown owners share one row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProcessKey {
@@ -235,13 +249,25 @@ pub struct Aggregator {
     pub closes_by_comm: CappedTable<Option<Comm>, Sides>,
     pub closes_by_lport: CappedTable<u16, Sides>,
     pub closes_by_raddr: CappedTable<IpAddr, Sides>,
+    /// By the owner's container (or cgroup, outside containers); `None`
+    /// where it is unknown.
+    pub closes_by_container: CappedTable<Option<Arc<str>>, Sides>,
     pub time_wait: u64,
     pub time_wait_by_process: CappedTable<ProcessKey, u64>,
     pub time_wait_by_lport: CappedTable<u16, u64>,
     pub time_wait_by_remote: CappedTable<SocketAddr, u64>,
+    pub time_wait_by_container: CappedTable<Option<Arc<str>>, u64>,
+    /// Closes and TIME_WAIT entries by workload, for metrics: the first
+    /// `workload_cap` workloads keep their own row for the whole run (a
+    /// counter's series must not come and go), later ones count in `other`.
+    pub closes_by_workload: CappedTable<Workload, Sides>,
+    pub time_wait_by_workload: CappedTable<Workload, u64>,
+    workload_cap: usize,
     /// Followed timewait sockets: how many are in one now, and how they
     /// ended, overall and per producer.
     pub in_timewait: u64,
+    /// Of those, how many are in each substate now: [FIN_WAIT2, TIME_WAIT].
+    pub in_substate: [u64; 2],
     pub timewait_ends: Ends,
     pub timewait_ends_by_process: CappedTable<ProcessKey, Ends>,
     /// How timewait sockets are followed, if they are. The FIN_WAIT2 time
@@ -268,11 +294,17 @@ impl Aggregator {
             closes_by_comm: CappedTable::new(table_cap),
             closes_by_lport: CappedTable::new(table_cap),
             closes_by_raddr: CappedTable::new(table_cap),
+            closes_by_container: CappedTable::new(table_cap),
             time_wait: 0,
             time_wait_by_process: CappedTable::new(table_cap),
             time_wait_by_lport: CappedTable::new(table_cap),
             time_wait_by_remote: CappedTable::new(table_cap),
+            time_wait_by_container: CappedTable::new(table_cap),
+            closes_by_workload: CappedTable::new(table_cap),
+            time_wait_by_workload: CappedTable::new(table_cap),
+            workload_cap: table_cap,
             in_timewait: 0,
+            in_substate: [0; 2],
             timewait_ends: Ends::default(),
             timewait_ends_by_process: CappedTable::new(table_cap),
             follows_timewait: None,
@@ -284,6 +316,14 @@ impl Aggregator {
 
     pub fn following_timewait(mut self, follows: Option<Sources>) -> Self {
         self.follows_timewait = follows;
+        self
+    }
+
+    /// Rows the workload tables keep before counting under `other`.
+    pub fn workload_rows(mut self, cap: usize) -> Self {
+        self.workload_cap = cap;
+        self.closes_by_workload = CappedTable::new(cap);
+        self.time_wait_by_workload = CappedTable::new(cap);
         self
     }
 
@@ -303,8 +343,22 @@ impl Aggregator {
             self.record(TcpState::FIN_WAIT2, ns);
         }
         match e {
-            TwEvent::Entered { .. } => self.in_timewait += 1,
-            TwEvent::Ended { substate: Some(_), .. } => self.in_timewait = self.in_timewait.saturating_sub(1),
+            TwEvent::Entered { substate, .. } => {
+                self.in_timewait += 1;
+                if let Some(slot) = substate_slot(*substate) {
+                    self.in_substate[slot] += 1;
+                }
+            }
+            TwEvent::FinArrived { .. } => {
+                self.in_substate[0] = self.in_substate[0].saturating_sub(1);
+                self.in_substate[1] += 1;
+            }
+            TwEvent::Ended { substate: Some(s), .. } => {
+                self.in_timewait = self.in_timewait.saturating_sub(1);
+                if let Some(slot) = substate_slot(*s) {
+                    self.in_substate[slot] = self.in_substate[slot].saturating_sub(1);
+                }
+            }
             _ => {}
         }
         let TwEvent::Ended { cause, time_wait_ns, owner, .. } = e else { return };
@@ -320,7 +374,8 @@ impl Aggregator {
         let sockets = std::mem::replace(&mut self.sockets, SocketTable::new(0));
         *self = Self::new(self.table_cap, sockets.cap)
             .following_timewait(self.follows_timewait)
-            .summarized_in_kernel(self.kernel_summary);
+            .summarized_in_kernel(self.kernel_summary)
+            .workload_rows(self.workload_cap);
         self.sockets = sockets;
     }
 
@@ -345,6 +400,8 @@ impl Aggregator {
             self.lifetime.saturating_record(t.ts_ns.saturating_sub(t.first_seen_ns).max(HIST_LOW_NS));
         }
         let process = ProcessKey::of(t.owner.as_ref());
+        let container = t.cgroup.as_ref().map(|c| c.label.clone());
+        let workload = (container.clone(), t.owner.map(|o| o.comm));
         match t.close {
             Some(side) => {
                 self.closes.add(side);
@@ -352,6 +409,8 @@ impl Aggregator {
                 self.closes_by_comm.entry(process.comm).add(side);
                 self.closes_by_lport.entry(t.tuple.sport).add(side);
                 self.closes_by_raddr.entry(t.tuple.daddr).add(side);
+                self.closes_by_container.entry(container.clone()).add(side);
+                self.closes_by_workload.entry(workload.clone()).add(side);
             }
             None => self.closes_unknown += 1,
         }
@@ -360,6 +419,8 @@ impl Aggregator {
             *self.time_wait_by_process.entry(process) += 1;
             *self.time_wait_by_lport.entry(t.tuple.sport) += 1;
             *self.time_wait_by_remote.entry(SocketAddr::new(t.tuple.daddr, t.tuple.dport)) += 1;
+            *self.time_wait_by_container.entry(container) += 1;
+            *self.time_wait_by_workload.entry(workload) += 1;
         }
     }
 }
@@ -389,10 +450,11 @@ pub(crate) mod tests {
             in_old_state_ns: Some(2_000_000),
             first_seen_ns: 9_000_000_000,
             seen_from_start: true,
-            owner: Some(Owner { pid: 7, comm: Comm::from("nginx"), from_listener: false }),
+            owner: Some(Owner { pid: 7, comm: Comm::from("nginx"), from_listener: false, cgroup_id: 0 }),
             close,
             netns: 1,
             gap: None,
+            cgroup: None,
         }
     }
 
@@ -501,6 +563,7 @@ pub(crate) mod tests {
             fin_wait2_ns: None,
         });
         assert_eq!(agg.in_timewait, 1);
+        assert_eq!(agg.in_timewait, agg.in_substate.iter().sum::<u64>());
         agg.observe_timewait(&TwEvent::FinArrived {
             mode: Measured::SockDiag,
             key,
@@ -522,6 +585,7 @@ pub(crate) mod tests {
         assert_eq!(agg.time_in_state[TcpState::FIN_WAIT2.0 as usize].len(), 1, "not twice");
         assert_eq!(agg.time_in_state[TcpState::TIME_WAIT.0 as usize].len(), 1);
         assert_eq!(agg.in_timewait, 0);
+        assert_eq!(agg.in_substate, [0, 0]);
         assert_eq!(agg.timewait_ends.expired, 1);
         let (rows, _) = agg.timewait_ends_by_process.top(5, Ends::score);
         assert_eq!(rows[0].1.expired, 1);

@@ -3,6 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    sync::Arc,
     time::Duration,
 };
 
@@ -18,6 +19,8 @@ pub enum GroupBy {
     Raddr,
     /// Owning process (timewait sockets have none)
     Process,
+    /// The owning process's container, systemd unit or cgroup
+    Cgroup,
 }
 
 impl GroupBy {
@@ -26,12 +29,22 @@ impl GroupBy {
             Self::Lport => "lport",
             Self::Raddr => "raddr",
             Self::Process => "process",
+            Self::Cgroup => "cgroup",
         }
     }
 }
 
 /// inode → owning process, from /proc (as `ss -p` does).
-pub type Owners = HashMap<u32, (u32, Comm)>;
+pub type Owners = HashMap<u32, SocketOwner>;
+
+/// A process holding a socket, and what its cgroup names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketOwner {
+    pub pid: u32,
+    pub comm: Comm,
+    /// Its container (short id), systemd unit or cgroup path.
+    pub cgroup: Option<Arc<str>>,
+}
 
 /// Remaining time on timewait timers, in ms.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -88,7 +101,13 @@ fn group_key(s: &SockEntry, by: GroupBy, owners: &Owners) -> String {
         GroupBy::Lport => s.tuple.sport.to_string(),
         GroupBy::Raddr => s.tuple.daddr.to_string(),
         GroupBy::Process => match owners.get(&s.inode) {
-            Some((pid, comm)) => format!("{pid}/{comm}"),
+            Some(o) => format!("{}/{}", o.pid, o.comm),
+            None if s.timewait => "(timewait: no owner in the kernel)".into(),
+            None => "(no owner found)".into(),
+        },
+        GroupBy::Cgroup => match owners.get(&s.inode).map(|o| o.cgroup.as_deref()) {
+            Some(Some(label)) => label.to_string(),
+            Some(None) => "(no cgroup found)".into(),
             None if s.timewait => "(timewait: no owner in the kernel)".into(),
             None => "(no owner found)".into(),
         },
@@ -174,8 +193,13 @@ mod tests {
             sock(TcpState::FIN_WAIT2, 1006, false, 0, 13),
         ];
         let mut owners = Owners::new();
-        owners.insert(11, (42, Comm::from("nginx")));
+        owners.insert(
+            11,
+            SocketOwner { pid: 42, comm: Comm::from("nginx"), cgroup: Some("nginx.service".into()) },
+        );
         let c = Census::build(&socks, Some(GroupBy::Process), &owners, "current".into(), "t".into());
+        let by_cgroup = Census::build(&socks, Some(GroupBy::Cgroup), &owners, "current".into(), "t".into());
+        assert!(by_cgroup.groups.iter().any(|g| g.key == "nginx.service"), "{by_cgroup:?}");
         assert_eq!(c.total, 7);
         assert_eq!(c.states["ESTABLISHED"], 2);
         assert_eq!(c.states["TIME_WAIT"], 3);

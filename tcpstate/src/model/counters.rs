@@ -14,11 +14,13 @@ pub struct StateHistogram {
     /// Exact extremes since the program started; `min_ns` 0 if empty.
     pub min_ns: u64,
     pub max_ns: u64,
+    /// The exact total of the times counted.
+    pub sum_ns: u64,
 }
 
 impl Default for StateHistogram {
     fn default() -> Self {
-        Self { buckets: vec![0; HIST_BUCKETS], min_ns: 0, max_ns: 0 }
+        Self { buckets: vec![0; HIST_BUCKETS], min_ns: 0, max_ns: 0, sum_ns: 0 }
     }
 }
 
@@ -48,6 +50,7 @@ impl KernelSummary {
             .zip(&earlier.state_time)
             .map(|(now, then)| StateHistogram {
                 buckets: now.buckets.iter().zip(&then.buckets).map(|(a, b)| a.saturating_sub(*b)).collect(),
+                sum_ns: now.sum_ns.wrapping_sub(then.sum_ns),
                 ..now.clone()
             })
             .collect();
@@ -114,10 +117,19 @@ impl KernelCounters {
 
 /// What a sink reads on its tick: the kernel's counters, and how the
 /// TcpExt counters (`/proc/net/netstat`) moved since the session began.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Readings {
     pub counters: KernelCounters,
     pub tcpext: BTreeMap<String, u64>,
+    /// What tcpstate itself costs.
+    pub process: ProcessUsage,
+}
+
+/// tcpstate's own CPU time and memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ProcessUsage {
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ pub struct Filters {
     /// The attributed owner's pid, never the task that happens to be current.
     pub pids: Vec<u32>,
     pub comms: Vec<String>,
+    /// cgroup v2 directories: owners captured under one of them.
+    pub cgroups: Vec<std::path::PathBuf>,
 }
 
 impl Filters {
@@ -28,6 +30,7 @@ impl Filters {
         set.set(FilterSet::PORT, !self.ports.is_empty());
         set.set(FilterSet::PID, !self.pids.is_empty());
         set.set(FilterSet::COMM, !self.comms.is_empty());
+        set.set(FilterSet::CGROUP, !self.cgroups.is_empty());
         set
     }
 

@@ -2,6 +2,7 @@
 
 pub mod aggregate;
 pub mod census;
+pub mod cgroup;
 pub mod clock;
 pub mod counters;
 pub mod filter;

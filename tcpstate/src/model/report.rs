@@ -2,7 +2,7 @@
 //! same numbers. Serialised as the documented JSON; rendered as text by
 //! `sink::report_text`.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -48,6 +48,22 @@ pub struct TimeWaitProducers {
     pub by_process: Ranked<ProcessCount, u64>,
     pub by_local_port: Ranked<PortCount, u64>,
     pub by_remote: Ranked<EndpointCount, u64>,
+    pub by_container: Ranked<ContainerCount, u64>,
+}
+
+/// A container (short id or systemd unit), or the cgroup path outside
+/// containers; `null` where the owner's cgroup is unknown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ContainerCount {
+    pub container: Option<Arc<str>>,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ContainerSides {
+    pub container: Option<Arc<str>>,
+    #[serde(flatten)]
+    pub sides: Sides,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -110,6 +126,7 @@ pub struct Closes {
     pub by_comm: Ranked<CommSides, Sides>,
     pub by_local_port: Ranked<PortSides, Sides>,
     pub by_remote_addr: Ranked<AddrSides, Sides>,
+    pub by_container: Ranked<ContainerSides, Sides>,
 }
 
 /// A distribution in nanoseconds. Percentiles and the maximum are upper
@@ -304,6 +321,10 @@ impl Report {
                     port: ep.port(),
                     count,
                 }),
+                by_container: ranked(&agg.time_wait_by_container, top, |container, count| ContainerCount {
+                    container,
+                    count,
+                }),
             },
             timewait_ends: agg.follows_timewait.map(|sources| TimewaitEnds {
                 mode: sources.describe(),
@@ -324,6 +345,10 @@ impl Report {
                 by_comm: ranked(&agg.closes_by_comm, top, |comm, sides| CommSides { comm, sides }),
                 by_local_port: ranked(&agg.closes_by_lport, top, |port, sides| PortSides { port, sides }),
                 by_remote_addr: ranked(&agg.closes_by_raddr, top, |addr, sides| AddrSides { addr, sides }),
+                by_container: ranked(&agg.closes_by_container, top, |container, sides| ContainerSides {
+                    container,
+                    sides,
+                }),
             },
             time_in_state: TcpState::LIFECYCLE
                 .iter()

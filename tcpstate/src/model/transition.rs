@@ -3,11 +3,13 @@
 use std::{
     fmt,
     net::{IpAddr, Ipv6Addr},
+    sync::Arc,
 };
 
 use tcpstate_ebpf::{self as abi, RecordFlags};
 
 use super::{
+    cgroup::Cgroup,
     socket::FourTuple,
     state::{CloseSide, TcpState},
 };
@@ -90,6 +92,8 @@ pub struct Owner {
     /// Inherited from the listening socket: the accepted socket has not yet
     /// made a transition in its own process's context.
     pub from_listener: bool,
+    /// Its cgroup v2 id when it was captured; 0 when unknown.
+    pub cgroup_id: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,6 +116,9 @@ pub struct Transition {
     /// The kernel skipped some of this socket's transitions just before
     /// this one: the state its table last saw (`old` was entered unseen).
     pub gap: Option<TcpState>,
+    /// The owner's cgroup, resolved from its id (by the session, which can
+    /// read the cgroup tree); `None` when unknown.
+    pub cgroup: Option<Arc<Cgroup>>,
 }
 
 impl Transition {
@@ -151,6 +158,7 @@ impl Transition {
             pid: raw.pid,
             comm: Comm::from_raw(raw.comm),
             from_listener: flags.contains(RecordFlags::OWNER_FROM_LISTENER),
+            cgroup_id: raw.cgroup_id,
         });
         Self {
             ts_ns: raw.ts_ns,
@@ -166,6 +174,7 @@ impl Transition {
             close: CloseSide::try_from(raw.close).ok(),
             netns: raw.netns,
             gap: flags.contains(RecordFlags::GAP).then_some(TcpState(raw.last_state)),
+            cgroup: None,
         }
     }
 }
@@ -191,6 +200,7 @@ pub(crate) mod tests {
             daddr,
             comm,
             pid: 4242,
+            cgroup_id: 77,
             sport: 40000,
             dport: 80,
             family: abi::AF_INET,
@@ -216,7 +226,10 @@ pub(crate) mod tests {
         assert_eq!((t.old, t.new), (TcpState::ESTABLISHED, TcpState::FIN_WAIT1));
         assert_eq!(t.in_old_state_ns, Some(1_500_000));
         assert_eq!(t.close, Some(CloseSide::Active));
-        assert_eq!(t.owner, Some(Owner { pid: 4242, comm: "curl".into(), from_listener: false }));
+        assert_eq!(
+            t.owner,
+            Some(Owner { pid: 4242, comm: "curl".into(), from_listener: false, cgroup_id: 77 })
+        );
         assert!(t.seen_from_start);
         assert_eq!(t.gap, None);
     }

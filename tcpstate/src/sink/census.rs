@@ -63,7 +63,7 @@ fn render_text(out: &mut impl Write, c: &Census) -> fmt::Result {
             }
             writeln!(out)?;
         }
-        if by == "process" && c.timewait.iter().any(|t| t.count > 0) {
+        if matches!(by, "process" | "cgroup") && c.timewait.iter().any(|t| t.count > 0) {
             writeln!(out, "  (timewait sockets belong to no process: the kernel keeps no owner for them)")?;
         }
     }

@@ -13,7 +13,8 @@ use bytes::{BufMut as _, BytesMut};
 use super::{BatchWriter, Sink};
 use crate::model::timewait::TwEvent;
 use crate::model::{
-    clock::Clock, counters::KernelCounters, report::TraceSummary, state::TcpState, transition::Transition,
+    cgroup::Cgroup, clock::Clock, counters::KernelCounters, report::TraceSummary, state::TcpState,
+    transition::Transition,
 };
 
 /// Writes JSON Lines by hand: this is the per-event hot path, and serde's
@@ -117,12 +118,27 @@ impl Line<'_> {
         self.raw("Z\"")
     }
 
-    fn comm(&mut self, comm: Option<&str>) -> io::Result<&mut Self> {
-        match comm {
-            // The one value that may need escaping.
-            Some(c) => serde_json::to_writer(self.0.writer(), c)?,
+    /// A string that may need escaping (a comm, a cgroup path): serde's.
+    fn escaped(&mut self, s: Option<&str>) -> io::Result<&mut Self> {
+        match s {
+            Some(s) => serde_json::to_writer(self.0.writer(), s)?,
             None => self.0.put_slice(b"null"),
         }
+        Ok(self)
+    }
+
+    /// The owner's cgroup path and container, or nulls.
+    fn cgroup(&mut self, cgroup: Option<&Cgroup>) -> io::Result<&mut Self> {
+        self.raw(",\"cgroup\":").escaped(cgroup.map(|c| c.path.as_str()))?.raw(",\"container\":");
+        match cgroup.and_then(|c| c.container.as_ref()) {
+            Some(c) => {
+                // Ids and runtimes are hex, letters and dashes; a unit name
+                // may need escaping.
+                self.raw("{\"id\":").escaped(Some(&c.id))?.raw(",\"runtime\":");
+                self.quoted(Some(c.runtime.name())).raw(",\"pod_uid\":").quoted(c.pod_uid.as_deref()).raw("}")
+            }
+            None => self.raw("null"),
+        };
         Ok(self)
     }
 }
@@ -159,7 +175,8 @@ impl<W: Write> Sink for JsonSink<W> {
             .raw(",\"pid\":")
             .opt_num(t.owner.as_ref().map(|o| o.pid))
             .raw(",\"comm\":")
-            .comm(t.owner.as_ref().map(|o| o.comm.as_str()))?
+            .escaped(t.owner.as_ref().map(|o| o.comm.as_str()))?
+            .cgroup(t.cgroup.as_deref())?
             .raw(",\"owner_from_listener\":")
             .raw(match t.owner.as_ref().map(|o| o.from_listener) {
                 Some(true) => "true",
@@ -236,7 +253,7 @@ impl<W: Write> Sink for JsonSink<W> {
             .raw(",\"pid\":")
             .opt_num(e.owner().map(|o| o.pid))
             .raw(",\"comm\":")
-            .comm(e.owner().map(|o| o.comm.as_str()))?
+            .escaped(e.owner().map(|o| o.comm.as_str()))?
             .raw("}\n");
         Ok(())
     }
@@ -287,6 +304,24 @@ mod tests {
     }
 
     #[test]
+    fn cgroup_and_container() {
+        let mut sink = JsonSink::new(Vec::new(), Clock::with_offset(0));
+        let mut t = Transition::from_raw(&raw_event());
+        let id = "ab".repeat(32);
+        t.cgroup = Some(Cgroup::of_path(&format!("/system.slice/docker-{id}.scope")));
+        sink.transition(&t).unwrap();
+        t.cgroup = Some(Cgroup::of_path("/user.slice/a \"quoted\" name"));
+        sink.transition(&t).unwrap();
+        sink.flush().unwrap();
+        let text = String::from_utf8(sink.into_inner()).unwrap();
+        let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(rows[0]["cgroup"], format!("/system.slice/docker-{id}.scope"));
+        assert_eq!(rows[0]["container"], serde_json::json!({"id": id, "runtime": "docker", "pod_uid": null}));
+        assert_eq!(rows[1]["cgroup"], "/user.slice/a \"quoted\" name");
+        assert!(rows[1]["container"].is_null());
+    }
+
+    #[test]
     fn documented_fields() {
         let clock = Clock::with_offset(1_795_737_600_000_000_000);
         let mut sink = JsonSink::new(Vec::new(), clock);
@@ -312,11 +347,12 @@ mod tests {
             "old_state": "ESTABLISHED", "new_state": "FIN_WAIT1",
             "in_old_state_ns": 1_500_000,
             "pid": 4242, "comm": "curl", "owner_from_listener": false,
+            "cgroup": null, "container": null,
             "close": "active",
             "gap": false, "last_seen_state": null,
         });
         assert_eq!(rows[0], expected);
-        for key in ["in_old_state_ns", "pid", "comm", "close", "owner_from_listener"] {
+        for key in ["in_old_state_ns", "pid", "comm", "close", "owner_from_listener", "cgroup", "container"] {
             assert!(rows[1][key].is_null(), "{key} should be null");
         }
     }

@@ -4,6 +4,7 @@
 pub mod census;
 pub mod dashboard;
 pub mod json;
+pub mod metrics;
 pub mod notices;
 pub mod report_text;
 pub mod reporter;

@@ -12,6 +12,10 @@ fn owner(pid: Option<u32>, comm: &Option<Comm>) -> (String, String) {
     super::owner_columns(pid, comm.as_ref())
 }
 
+fn container(label: &Option<std::sync::Arc<str>>) -> String {
+    label.as_deref().unwrap_or("-").to_string()
+}
+
 fn ms(ns: u64) -> String {
     format!("{:.3}", ns as f64 / 1e6)
 }
@@ -83,6 +87,10 @@ pub fn render(out: &mut impl Write, r: &Report) -> fmt::Result {
     count_table(out, "REMOTE", &tw.by_remote, |e| {
         (std::net::SocketAddr::new(e.addr, e.port).to_string(), e.count)
     })?;
+    // Only where some owner's cgroup is known (not on cgroup v1-only hosts).
+    if tw.by_container.rows.iter().any(|r| r.container.is_some()) {
+        count_table(out, "CONTAINER / CGROUP", &tw.by_container, |r| (container(&r.container), r.count))?;
+    }
 
     if let Some(ends) = &r.timewait_ends {
         let t = &ends.total;
@@ -128,6 +136,9 @@ pub fn render(out: &mut impl Write, r: &Report) -> fmt::Result {
     sides_table(out, "COMM", &c.by_comm, |p| (owner(None, &p.comm).1, p.sides))?;
     sides_table(out, "LPORT", &c.by_local_port, |p| (p.port.to_string(), p.sides))?;
     sides_table(out, "RADDR", &c.by_remote_addr, |p| (p.addr.to_string(), p.sides))?;
+    if c.by_container.rows.iter().any(|r| r.container.is_some()) {
+        sides_table(out, "CONTAINER / CGROUP", &c.by_container, |r| (container(&r.container), r.sides))?;
+    }
 
     writeln!(out, "\nTime in state (ms, ±1 %)")?;
     writeln!(

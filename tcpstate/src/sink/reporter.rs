@@ -154,7 +154,7 @@ mod tests {
         server_closes_first(&mut agg, 1);
         let mut counters = KernelCounters::default();
         counters.transitions.insert((TcpState::FIN_WAIT2, TcpState::CLOSE), 10);
-        let readings = Readings { counters, tcpext: Default::default() };
+        let readings = Readings { counters, ..Default::default() };
         reporter.emit(&agg, &readings).unwrap();
         reporter.emit(&agg, &readings).unwrap();
         let text = String::from_utf8(reporter.out.into_inner()).unwrap();

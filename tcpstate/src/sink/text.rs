@@ -22,11 +22,13 @@ pub struct TextSink<W: Write> {
     out: BatchWriter<W>,
     clock: Clock,
     addr_width: usize,
+    /// A last column with the owner's container or cgroup (`--container`).
+    container: bool,
 }
 
 impl<W: Write> TextSink<W> {
-    pub fn new(out: W, clock: Clock, addr_width: usize) -> io::Result<Self> {
-        let mut sink = Self { out: BatchWriter::new(out), clock, addr_width };
+    pub fn new(out: W, clock: Clock, addr_width: usize, container: bool) -> io::Result<Self> {
+        let mut sink = Self { out: BatchWriter::new(out), clock, addr_width, container };
         sink.header();
         sink.flush()?;
         Ok(sink)
@@ -36,7 +38,7 @@ impl<W: Write> TextSink<W> {
         let w = self.addr_width;
         let _ = writeln!(
             self.out.buf(),
-            "{:<15} {:>7} {:<15} {:<w$} {:>5} {:<w$} {:>5} {:<12}    {:<12} {:>10} CLOSE",
+            "{:<15} {:>7} {:<15} {:<w$} {:>5} {:<w$} {:>5} {:<12}    {:<12} {:>10} {}",
             "TIME(UTC)",
             "PID",
             "COMM",
@@ -47,6 +49,7 @@ impl<W: Write> TextSink<W> {
             "OLDSTATE",
             "NEWSTATE",
             "MS",
+            if self.container { "CLOSE        CONTAINER" } else { "CLOSE" },
         );
     }
 
@@ -55,11 +58,14 @@ impl<W: Write> TextSink<W> {
     }
 }
 
+/// One transition; with `container`, a last column with the owner's
+/// container (short id or unit), else its cgroup path, else `-`.
 pub fn format_line(
     out: &mut impl std::fmt::Write,
     t: &Transition,
     clock: &Clock,
     w: usize,
+    container: bool,
 ) -> std::fmt::Result {
     let (h, m, s, us) = clock.time_of_day(t.ts_ns);
     write!(out, "{h:02}:{m:02}:{s:02}.{us:06} ")?;
@@ -70,7 +76,16 @@ pub fn format_line(
         t.tuple.saddr, t.tuple.sport, t.tuple.daddr, t.tuple.dport, t.old, t.new,
     )?;
     duration(out, t.in_old_state_ns)?;
-    write!(out, " {}", t.close.map_or("-", |c| c.name()))?;
+    let close = t.close.map_or("-", |c| c.name());
+    if container {
+        write!(out, " {close:<12} {}", t.cgroup.as_ref().map_or("-", |c| &*c.label))?;
+    } else {
+        write!(out, " {close}")?;
+    }
+    end_of_line(out, t)
+}
+
+fn end_of_line(out: &mut impl std::fmt::Write, t: &Transition) -> std::fmt::Result {
     match t.gap {
         // The kernel skipped transitions between these two states.
         Some(seen) => writeln!(out, " [missed transitions after {seen}]"),
@@ -124,7 +139,7 @@ pub fn format_timewait_line(
 
 impl<W: Write> Sink for TextSink<W> {
     fn transition(&mut self, t: &Transition) -> io::Result<()> {
-        format_line(self.out.buf(), t, &self.clock, self.addr_width).map_err(io::Error::other)
+        format_line(self.out.buf(), t, &self.clock, self.addr_width, self.container).map_err(io::Error::other)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -145,7 +160,7 @@ mod tests {
     #[test]
     fn one_line_per_transition() {
         let clock = Clock::with_offset(1_795_737_600_000_000_000);
-        let mut sink = TextSink::new(Vec::new(), clock, address_width(true)).unwrap();
+        let mut sink = TextSink::new(Vec::new(), clock, address_width(true), false).unwrap();
         let mut raw = raw_event();
         sink.transition(&Transition::from_raw(&raw)).unwrap();
         raw.in_old_state_ns = tcpstate_ebpf::DURATION_UNKNOWN;
@@ -172,8 +187,14 @@ mod tests {
         raw.in_old_state_ns = tcpstate_ebpf::DURATION_UNKNOWN;
         raw.flags |= tcpstate_ebpf::FLAG_GAP;
         let mut line = String::new();
-        format_line(&mut line, &Transition::from_raw(&raw), &Clock::with_offset(0), address_width(true))
-            .unwrap();
+        format_line(
+            &mut line,
+            &Transition::from_raw(&raw),
+            &Clock::with_offset(0),
+            address_width(true),
+            false,
+        )
+        .unwrap();
         assert!(
             line.ends_with(
                 "ESTABLISHED  -> FIN_WAIT1             - active [missed transitions after SYN_SENT]\n"
@@ -219,17 +240,36 @@ mod tests {
         raw.family = tcpstate_ebpf::AF_INET6;
         raw.saddr = "2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff".parse::<std::net::Ipv6Addr>().unwrap().octets();
         let mut line = String::new();
-        format_line(&mut line, &Transition::from_raw(&raw), &Clock::with_offset(0), address_width(false))
-            .unwrap();
+        format_line(
+            &mut line,
+            &Transition::from_raw(&raw),
+            &Clock::with_offset(0),
+            address_width(false),
+            false,
+        )
+        .unwrap();
         let mut v4 = String::new();
         format_line(
             &mut v4,
             &Transition::from_raw(&raw_event()),
             &Clock::with_offset(0),
             address_width(false),
+            false,
         )
         .unwrap();
         // Same width whatever the address, so the columns line up.
         assert_eq!(line.len(), v4.len());
+    }
+
+    #[test]
+    fn container_column() {
+        let mut t = Transition::from_raw(&raw_event());
+        let mut line = String::new();
+        format_line(&mut line, &t, &Clock::with_offset(0), address_width(true), true).unwrap();
+        assert!(line.trim_end().ends_with("active       -"), "{line}");
+        t.cgroup = Some(crate::model::cgroup::Cgroup::of_path("/system.slice/nginx.service"));
+        line.clear();
+        format_line(&mut line, &t, &Clock::with_offset(0), address_width(true), true).unwrap();
+        assert!(line.trim_end().ends_with("active       nginx.service"), "{line}");
     }
 }

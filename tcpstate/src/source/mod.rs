@@ -1,6 +1,7 @@
 //! Sources: where transitions and timewait sockets come from.
 
 pub mod btf;
+pub mod cgroup;
 pub mod follower;
 pub mod hooks;
 pub mod preflight;

@@ -5,7 +5,32 @@
 
 use std::{collections::BTreeMap, fs, path::Path};
 
-use crate::model::{census::Owners, transition::Comm};
+use crate::model::{
+    census::{Owners, SocketOwner},
+    cgroup::Cgroup,
+    counters::ProcessUsage,
+    transition::Comm,
+};
+
+/// This process's CPU time (user + system) and resident memory.
+pub fn self_usage() -> ProcessUsage {
+    // SAFETY: getrusage fills a zeroed struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let cpu_seconds = if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
+        let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+        secs(usage.ru_utime) + secs(usage.ru_stime)
+    } else {
+        0.0
+    };
+    // statm's second field: resident pages.
+    let pages = fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()))
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    ProcessUsage { cpu_seconds, rss_bytes: pages * page }
+}
 
 /// The TcpExt counters that bear on TIME_WAIT.
 pub const TCPEXT_KEYS: [&str; 4] = ["TW", "TWKilled", "TWRecycled", "TCPTimeWaitOverflow"];
@@ -111,6 +136,12 @@ pub fn read_knob(root: &Path, name: &str) -> Option<String> {
     Some(raw.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
+/// A process's cgroup v2 path, from /proc/PID/cgroup's `0::` line.
+fn cgroup_of(proc_dir: &Path) -> Option<std::sync::Arc<Cgroup>> {
+    let text = fs::read_to_string(proc_dir.join("cgroup")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("0::")).map(Cgroup::of_path)
+}
+
 /// Maps socket inodes to the processes holding them, by reading
 /// `/proc/PID/fd`. Processes that vanish or deny access are skipped.
 pub fn socket_owners() -> Owners {
@@ -121,6 +152,7 @@ pub fn socket_owners() -> Owners {
         let Ok(fds) = fs::read_dir(proc_entry.path().join("fd")) else { continue };
         let comm = fs::read_to_string(proc_entry.path().join("comm")).unwrap_or_default();
         let comm = Comm::from(comm.trim_end());
+        let cgroup = cgroup_of(&proc_entry.path()).map(|c| c.label.clone());
         for fd in fds.flatten() {
             let Ok(target) = fs::read_link(fd.path()) else { continue };
             let inode = target
@@ -129,7 +161,7 @@ pub fn socket_owners() -> Owners {
                 .and_then(|t| t.strip_suffix(']'))
                 .and_then(|n| n.parse::<u32>().ok());
             if let Some(inode) = inode {
-                owners.entry(inode).or_insert((pid, comm));
+                owners.entry(inode).or_insert_with(|| SocketOwner { pid, comm, cgroup: cgroup.clone() });
             }
         }
     }
@@ -180,6 +212,6 @@ mod tests {
         let inode: u32 =
             link.to_str().unwrap().trim_start_matches("socket:[").trim_end_matches(']').parse().unwrap();
         let owners = socket_owners();
-        assert_eq!(owners.get(&inode).map(|o| o.0), Some(std::process::id()));
+        assert_eq!(owners.get(&inode).map(|o| o.pid), Some(std::process::id()));
     }
 }

@@ -119,7 +119,8 @@ impl Tracer {
             sock: kernel.map(|k| k.sock).unwrap_or_default(),
             tw: kernel.and_then(|k| k.tw.clone().ok()).unwrap_or_default(),
             stream: opts.stream.bits(),
-            _pad: [0; 7],
+            cgroups: opts.filters.cgroups.len() as u8,
+            _pad: [0; 6],
             offsets,
             family: match opts.filters.family {
                 None => abi::FAMILY_ANY,
@@ -262,6 +263,7 @@ impl Tracer {
                     out.min_ns = cpu.min_ns;
                 }
                 out.max_ns = out.max_ns.max(cpu.max_ns);
+                out.sum_ns = out.sum_ns.wrapping_add(cpu.sum_ns);
             }
             // Per-CPU deltas: a socket may enter a state on one CPU and leave it on another.
             let level = gauges.get(&(state as u32), 0)?.iter().fold(0u64, |acc, d| acc.wrapping_add(*d));
@@ -364,7 +366,41 @@ fn fill_filter_maps(ebpf: &mut Ebpf, filters: &Filters) -> anyhow::Result<()> {
     for comm in &filters.comms {
         comms.insert(Comm::from(comm.as_str()).raw(), 1, 0)?;
     }
+    let aya::maps::Map::CgroupArray(cgroups) = map(ebpf, abi::MAP_CGROUPS)? else {
+        return Err(anyhow!("map {} is not a cgroup array", abi::MAP_CGROUPS));
+    };
+    for (slot, dir) in filters.cgroups.iter().enumerate() {
+        let dir = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+        set_cgroup(cgroups.fd().as_fd(), slot as u32, dir.as_fd())
+            .with_context(|| format!("selecting cgroup {}", filters.cgroups[slot].display()))?;
+    }
     Ok(())
+}
+
+/// Puts a cgroup directory's fd in a cgroup array's slot. aya 0.14 has no
+/// typed cgroup array for userspace, so this is the map update itself.
+fn set_cgroup(map: BorrowedFd<'_>, slot: u32, dir: BorrowedFd<'_>) -> std::io::Result<()> {
+    /// The `BPF_MAP_*_ELEM` member of `union bpf_attr`.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    let fd = dir.as_raw_fd() as u32;
+    let attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(&slot) as u64,
+        value: std::ptr::from_ref(&fd) as u64,
+        flags: 0,
+    };
+    // SAFETY: attr points at a valid key and value that outlive the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_ELEM, &attr, size_of::<ElemAttr>()) };
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// Tracepoint hits the kernel skipped because another BPF program was

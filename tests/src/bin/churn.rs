@@ -42,6 +42,10 @@ struct Cli {
     /// Stop after this many connections (or at --seconds, whichever is first)
     #[arg(long)]
     connections: Option<u64>,
+    /// Rename the client thread before each connection, cycling through this
+    /// many names (w0, w1, …): that many workloads for the exporter
+    #[arg(long)]
+    comms: Option<u32>,
 }
 
 const PAYLOAD: &[u8; 16] = b"tcpstate-bench!\n";
@@ -91,6 +95,7 @@ fn main() -> anyhow::Result<()> {
         .map(|t| {
             let (made, failed, addrs, port) = (made.clone(), failed.clone(), cli.addrs, cli.port);
             let limit = cli.connections.unwrap_or(u64::MAX);
+            let comms = cli.comms;
             thread::spawn(move || {
                 let mut buf = [0u8; 16];
                 let mut i = t;
@@ -98,6 +103,11 @@ fn main() -> anyhow::Result<()> {
                     let dst =
                         SocketAddr::from((Ipv4Addr::new(127, 0, 0, 1 + (i % addrs as usize) as u8), port));
                     i += 1;
+                    if let Some(n) = comms {
+                        let name = std::ffi::CString::new(format!("w{}", i % n as usize)).unwrap_or_default();
+                        // SAFETY: a NUL-terminated name of at most 15 bytes.
+                        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+                    }
                     let ok = TcpStream::connect_timeout(&dst, Duration::from_secs(1)).and_then(|mut s| {
                         s.write_all(PAYLOAD)?;
                         s.read_exact(&mut buf)
