@@ -107,7 +107,7 @@ fn known_scenario_through_metrics_and_prometheus() {
             );
         }
         if let Some(prometheus) = which("prometheus") {
-            prometheus_agrees(&prometheus, exporter.addr, &short);
+            prometheus_agrees(&prometheus, exporter.addr, &short, N as f64);
         }
         exporter.run.stop();
         // What the exporter lost, from its own metrics.
@@ -145,9 +145,17 @@ fn which(program: &str) -> Option<String> {
     Path::new(&path).is_file().then_some(path)
 }
 
+/// A query string's value, percent-encoded.
+fn url_encoded(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
 /// Starts Prometheus scraping `target` every second, and asks its API for
-/// the TIME_WAIT entries of `container` until they are there.
-fn prometheus_agrees(prometheus: &str, target: SocketAddr, container: &str) {
+/// the container's TIME_WAIT entries and active closes, and the transitions,
+/// until each is `expected`.
+fn prometheus_agrees(prometheus: &str, target: SocketAddr, container: &str, expected: f64) {
     let dir = std::env::temp_dir().join(format!("tcpstate-prom-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("prometheus.yml");
@@ -167,25 +175,27 @@ fn prometheus_agrees(prometheus: &str, target: SocketAddr, container: &str) {
         .stderr(Stdio::null())
         .spawn()
         .expect("start prometheus");
-    let query = format!(
-        "/api/v1/query?query=sum(tcpstate_time_wait_entries_total%7Bcontainer%3D%22{container}%22%7D)"
-    );
-    let mut last = String::new();
+    // What a PromQL query answers, as a number.
+    let ask = |promql: &str| -> Option<f64> {
+        let (status, body) = http_get(web, &format!("/api/v1/query?query={}", url_encoded(promql)))?;
+        let v: Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    };
+    let questions = [
+        format!("sum(tcpstate_time_wait_entries_total{{container=\"{container}\"}})"),
+        format!("sum(tcpstate_closes_total{{side=\"active\",container=\"{container}\"}})"),
+        "sum(tcpstate_transitions_total{from=\"ESTABLISHED\",to=\"FIN_WAIT1\"})".to_string(),
+    ];
+    let mut last = Vec::new();
     let got = wait_until(scaled(Duration::from_secs(60)), || {
-        let Some((200, body)) = http_get(web, &query) else { return false };
-        last = body;
-        let v: Value = serde_json::from_str(&last).unwrap_or_default();
-        v["data"]["result"][0]["value"][1].as_str() == Some("8")
+        last = questions.iter().map(|q| ask(q)).collect();
+        last.iter().all(|a| *a == Some(expected))
     });
     // Every query of the shipped Grafana dashboard runs on that data.
     let mut failed = Vec::new();
     for expr in dashboard_queries() {
         let expr = expr.replace("$instance", ".*");
-        let encoded: String = expr
-            .bytes()
-            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
-            .collect();
-        let answer = http_get(web, &format!("/api/v1/query?query={encoded}"));
+        let answer = http_get(web, &format!("/api/v1/query?query={}", url_encoded(&expr)));
         let ok = answer.as_ref().is_some_and(|(status, body)| {
             *status == 200 && serde_json::from_str::<Value>(body).is_ok_and(|v| v["status"] == "success")
         });
@@ -196,7 +206,7 @@ fn prometheus_agrees(prometheus: &str, target: SocketAddr, container: &str) {
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(got, "Prometheus never reported the 8 TIME_WAIT entries: {last}");
+    assert!(got, "Prometheus answered {last:?} to {questions:#?}, not {expected}");
     assert!(failed.is_empty(), "dashboard queries Prometheus refused: {failed:#?}");
 }
 
