@@ -105,6 +105,36 @@ fn without_privileges_names_the_missing_capabilities() {
     assert!(lines[0].contains("CAP_BPF") && lines[0].contains("CAP_PERFMON"), "{lines:?}");
 }
 
+/// A user with CAP_BPF and CAP_PERFMON but not root, where tracefs is
+/// mounted with mode 0700 (as here): told that, not that it is unmounted.
+#[test]
+fn unreadable_tracefs_is_named_not_remounted() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tracefs = std::path::Path::new("/sys/kernel/tracing");
+    let closed = std::fs::metadata(tracefs).is_ok_and(|m| m.permissions().mode() & 0o005 == 0);
+    if !is_root() || !closed {
+        eprintln!(
+            "unreadable_tracefs: skipped (needs root, and tracefs at {} closed to others)",
+            tracefs.display()
+        );
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(["--inh-caps", "+bpf,+perfmon", "--ambient-caps", "+bpf,+perfmon", BIN])
+        .args(["trace", "--duration", "1"])
+        .output()
+        .expect("setpriv");
+    assert_eq!(out.status.code(), Some(1));
+    let lines = stderr_lines(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("tracefs is mounted at /sys/kernel/tracing but this user cannot read it"),
+        "{lines:?}"
+    );
+    assert!(!lines[0].contains("not mounted"), "{lines:?}");
+}
+
 /// A namespace for the test's traffic, deleted on drop.
 struct Netns(String);
 
