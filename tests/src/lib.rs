@@ -305,10 +305,7 @@ pub struct TestCgroup {
     pub relative: String,
 }
 
-/// The cgroup2 mount, from /proc/self/mountinfo; `None` without one.
-pub fn cgroup2_root() -> Option<PathBuf> {
-    tcpstate::source::cgroup::cgroup2_mount(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)
-}
+pub use tcpstate::source::cgroup::cgroup2_root;
 
 impl TestCgroup {
     /// `leaf` under `/tcpstate-<test>-<pid>/`.

@@ -25,15 +25,10 @@ const CACHE_MAX: usize = 65_536;
 const SCAN_MAX_DEPTH: usize = 32;
 const SCAN_MAX_DIRS: usize = 200_000;
 
-/// The cgroup2 mount point, from mountinfo's lines (field 5 is the mount
-/// point; the filesystem type follows the ` - ` separator).
-pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        (right.split_whitespace().next() == Some("cgroup2"))
-            .then(|| left.split_whitespace().nth(4))?
-            .map(PathBuf::from)
-    })
+/// The cgroup2 mount point: `/sys/fs/cgroup` on most hosts,
+/// `/sys/fs/cgroup/unified` on hybrid ones.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    super::procnet::mounts_of("cgroup2").into_iter().next()
 }
 
 /// `statfs` magic of a cgroup v2 filesystem.
@@ -43,7 +38,7 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// absolute one on it; a usage error if it is not a cgroup v2 directory.
 pub fn cgroup_dir(arg: &Path) -> Result<PathBuf, crate::UsageError> {
     let usage = |why: &str| crate::UsageError(format!("--cgroup {}: {why}", arg.display()));
-    let root = fs::read_to_string("/proc/self/mountinfo").ok().and_then(|m| cgroup2_mount(&m));
+    let root = cgroup2_root();
     let candidates = [Some(arg.to_path_buf()), root.map(|r| r.join(arg.strip_prefix("/").unwrap_or(arg)))];
     let dir = candidates
         .into_iter()
@@ -69,7 +64,7 @@ pub struct CgroupResolver {
 
 impl CgroupResolver {
     pub fn new() -> Self {
-        let root = fs::read_to_string("/proc/self/mountinfo").ok().and_then(|m| cgroup2_mount(&m));
+        let root = cgroup2_root();
         if root.is_none() {
             log::info!("no cgroup2 mount: sockets' cgroups stay unknown");
         }
@@ -148,17 +143,6 @@ impl Default for CgroupResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_cgroup2_mount() {
-        let hybrid = "25 30 0:22 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs ro,mode=755\n\
-                      26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid,nodev - cgroup2 cgroup2 rw,nsdelegate\n\
-                      27 25 0:24 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
-        assert_eq!(cgroup2_mount(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        let pure = "30 1 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw\n";
-        assert_eq!(cgroup2_mount(pure), Some(PathBuf::from("/sys/fs/cgroup")));
-        assert_eq!(cgroup2_mount("1 0 8:1 / / rw - ext4 /dev/sda1 rw\n"), None);
-    }
 
     #[test]
     fn resolves_our_own_cgroup() {

@@ -136,6 +136,24 @@ pub fn read_knob(root: &Path, name: &str) -> Option<String> {
     Some(raw.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
+/// Where filesystems of type `fstype` are mounted, from mountinfo's lines
+/// (field 5 is the mount point; the type follows the ` - ` separator).
+pub fn mount_points(mountinfo: &str, fstype: &str) -> Vec<std::path::PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            (right.split_whitespace().next() == Some(fstype)).then(|| left.split_whitespace().nth(4))?
+        })
+        .map(std::path::PathBuf::from)
+        .collect()
+}
+
+/// [`mount_points`] of this process's mount namespace.
+pub fn mounts_of(fstype: &str) -> Vec<std::path::PathBuf> {
+    fs::read_to_string("/proc/self/mountinfo").map(|m| mount_points(&m, fstype)).unwrap_or_default()
+}
+
 /// A process's cgroup v2 path, from /proc/PID/cgroup's `0::` line.
 fn cgroup_of(proc_dir: &Path) -> Option<std::sync::Arc<Cgroup>> {
     let text = fs::read_to_string(proc_dir.join("cgroup")).ok()?;
@@ -171,6 +189,25 @@ pub fn socket_owners() -> Owners {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_points_by_type() {
+        let hybrid = "25 30 0:22 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid,nodev - cgroup2 cgroup2 rw,nsdelegate\n\
+                      27 25 0:24 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+                      48 23 0:13 / /sys/kernel/tracing rw,relatime - tracefs nodev rw\n\
+                      60 33 0:13 / /sys/kernel/debug/tracing rw - tracefs tracefs rw\n";
+        let path = std::path::PathBuf::from;
+        assert_eq!(mount_points(hybrid, "cgroup2"), [path("/sys/fs/cgroup/unified")]);
+        assert_eq!(
+            mount_points(hybrid, "tracefs"),
+            [path("/sys/kernel/tracing"), path("/sys/kernel/debug/tracing")]
+        );
+        let pure = "30 1 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw\n";
+        assert_eq!(mount_points(pure, "cgroup2"), [path("/sys/fs/cgroup")]);
+        let none = "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n";
+        assert!(mount_points(none, "cgroup2").is_empty() && mount_points(none, "tracefs").is_empty());
+    }
 
     #[test]
     fn sockstat_alloc() {

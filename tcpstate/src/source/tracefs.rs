@@ -18,19 +18,6 @@ fn is_mounted(dir: &Path) -> bool {
     dir.join("events").is_dir()
 }
 
-/// Where tracefs is mounted, from /proc/self/mountinfo's lines (field 5 is
-/// the mount point; the filesystem type follows the ` - ` separator).
-fn tracefs_mounts(mountinfo: &str) -> Vec<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            (right.split_whitespace().next() == Some("tracefs")).then(|| left.split_whitespace().nth(4))?
-        })
-        .map(PathBuf::from)
-        .collect()
-}
-
 /// Returns the tracefs root, mounting tracefs at `/sys/kernel/tracing` if no
 /// mount is found (aya needs one to attach a tracepoint).
 pub fn tracefs_root() -> anyhow::Result<PathBuf> {
@@ -39,8 +26,7 @@ pub fn tracefs_root() -> anyhow::Result<PathBuf> {
     }
     // Mounted, but not where we looked or not readable by us (tracefs is
     // often mode 0700): say which, rather than try to mount it again.
-    let mounts = fs::read_to_string("/proc/self/mountinfo").map(|m| tracefs_mounts(&m)).unwrap_or_default();
-    for dir in &mounts {
+    for dir in &super::procnet::mounts_of("tracefs") {
         match fs::metadata(dir.join("events")) {
             Ok(events) if events.is_dir() => return Ok(dir.clone()),
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
@@ -155,18 +141,6 @@ pub fn parse_format(text: &str) -> anyhow::Result<RecordOffsets> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_tracefs_mounts() {
-        let info = "48 23 0:13 / /sys/kernel/tracing rw,relatime - tracefs nodev rw\n\
-                    30 1 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw\n\
-                    60 33 0:13 / /sys/kernel/debug/tracing rw - tracefs tracefs rw\n";
-        assert_eq!(
-            tracefs_mounts(info),
-            [PathBuf::from("/sys/kernel/tracing"), PathBuf::from("/sys/kernel/debug/tracing")]
-        );
-        assert!(tracefs_mounts("1 0 8:1 / / rw - ext4 /dev/sda1 rw\n").is_empty());
-    }
 
     /// Linux 6.18, as read on the development machine.
     const FORMAT_6_18: &str = "name: inet_sock_set_state
