@@ -148,6 +148,22 @@ pub fn expected_timewait_mode() -> String {
 }
 
 /// Ports unique within this test binary, away from the ephemeral range.
+/// The path of `program` for a test; `None` if it is not installed, unless
+/// the real-kernel tests are required (`cargo xtask test`, which installs
+/// it): then its absence fails the test instead of skipping a part.
+pub fn required_program(test: &str, program: &str) -> Option<String> {
+    let out = Command::new("sh").args(["-c", &format!("command -v {program}")]).output().ok()?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if Path::new(&path).is_file() {
+        return Some(path);
+    }
+    if std::env::var_os(REQUIRE_ENV).is_some() {
+        panic!("{test}: {program} is not installed but {REQUIRE_ENV} is set (cargo xtask setup installs it)");
+    }
+    eprintln!("{test}: {program} is not installed: that part is skipped");
+    None
+}
+
 pub fn unique_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let base = 20000 + (std::process::id() % 200) as u16 * 50;

@@ -89,7 +89,7 @@ fn known_scenario_through_metrics_and_prometheus() {
         let metrics = exporter.wait_for(|m| sample(m, &entries).is_some_and(|v| v >= N as f64));
 
         // promtool, where the setup installed it, checks the exposition.
-        if let Some(promtool) = which("promtool") {
+        if let Some(promtool) = required_program("export", "promtool") {
             let mut check = Command::new(promtool)
                 .args(["check", "metrics"])
                 .stdin(Stdio::piped())
@@ -106,7 +106,7 @@ fn known_scenario_through_metrics_and_prometheus() {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        if let Some(prometheus) = which("prometheus") {
+        if let Some(prometheus) = required_program("export", "prometheus") {
             prometheus_agrees(&prometheus, exporter.addr, &short, N as f64);
         }
         exporter.run.stop();
@@ -137,12 +137,6 @@ fn known_scenario_through_metrics_and_prometheus() {
     assert!(metrics.contains("tcpstate_build_info{version="), "{metrics}");
     assert!(metrics.contains("# TYPE tcpstate_state_duration_seconds histogram"), "{metrics}");
     assert!(at("tcpstate_process_resident_memory_bytes") > 0.0);
-}
-
-fn which(program: &str) -> Option<String> {
-    let out = Command::new("sh").args(["-c", &format!("command -v {program}")]).output().ok()?;
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    Path::new(&path).is_file().then_some(path)
 }
 
 /// A query string's value, percent-encoded.

@@ -129,6 +129,8 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if root {
+        // The host's tests use the test packages too (Prometheus, promtool).
+        vm::setup()?;
         run_cmd(&mut host_tests(args))?;
     } else {
         println!("xtask: not root, so the real-kernel tests will skip");
@@ -139,7 +141,6 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         println!("xtask: the VM matrix runs as root, with `cargo xtask test` or `cargo xtask vm-test`");
         return Ok(());
     }
-    vm::setup()?;
     vm::vm_test()
 }
 
@@ -157,6 +158,7 @@ fn repeat_tests(n: u32, args: &[String]) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("--repeat runs the real-kernel tests: run it as root");
     }
+    vm::setup()?;
     // Built once, so that the runs time the tests alone.
     run_cmd(cargo().args(["test", "--workspace", "--no-run"]).args(args))?;
     let dir = workspace_root().join("target/test-runs");
