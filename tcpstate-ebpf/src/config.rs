@@ -113,6 +113,10 @@ pub struct SockOffsets {
     pub net: u16,
     /// `struct net` → `ns.inum`.
     pub net_inum: u16,
+    /// `struct sock` → `__sk_common.skc_cookie`: the socket's cookie,
+    /// which sock_diag hands out (and sets) when it dumps the socket.
+    pub cookie: u16,
+    pub _pad: u16,
 }
 
 /// Offsets into a timewait socket, from BTF at start, for the exact-mode
@@ -156,7 +160,7 @@ pub struct Config {
     pub stream: u8,
     /// `CGROUPS` slots in use.
     pub cgroups: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// The exact-mode programs, and the kernel functions each attaches to, in
@@ -184,6 +188,12 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 pub const MAP_SOCKETS: &str = "SOCKETS";
 pub const MAP_LISTENERS: &str = "LISTENERS";
+/// Socket cookie → owner, for sockets that existed before the program.
+pub const MAP_OWNERS_AT_START: &str = "OWNERS_AT_START";
+/// Its capacity: sockets of the host at start, owned by a process.
+pub const MAX_OWNERS_AT_START: u32 = 65536;
+/// The listener table's capacity.
+pub const MAX_LISTENERS: u32 = 4096;
 pub const MAP_TRANSITIONS: &str = "TRANSITIONS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_PORTS: &str = "PORTS";

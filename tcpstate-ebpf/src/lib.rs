@@ -33,6 +33,7 @@ mod user {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::SockRecord {}
     unsafe impl aya::Pod for super::Owner {}
+    unsafe impl aya::Pod for super::ListenerKey {}
     unsafe impl aya::Pod for super::StateTime {}
 }
 

@@ -26,10 +26,15 @@ static CONFIG: Global<Config> = Global::new(Config::zeroed());
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 #[map]
 static SOCKETS: LruHashMap<u64, SockRecord> = LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
-/// Listening port → owner, so that accepted children get an owner before
-/// they reach a process-context transition.
+/// Listening socket (namespace, port, address) → owner, so that accepted
+/// children get an owner before they reach a process-context transition.
+/// Userspace seeds it with the listeners that existed at start.
 #[map]
-static LISTENERS: LruHashMap<u16, Owner> = LruHashMap::with_max_entries(4096, 0);
+static LISTENERS: LruHashMap<ListenerKey, Owner> = LruHashMap::with_max_entries(MAX_LISTENERS, 0);
+/// Socket cookie → owner, for the sockets that existed at start, written
+/// by userspace before attach; looked up once per such socket.
+#[map]
+static OWNERS_AT_START: HashMap<u64, Owner> = HashMap::with_max_entries(MAX_OWNERS_AT_START, 0);
 #[map]
 static TRANSITIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TRANSITION_SLOTS, 0);
 #[map]
@@ -180,6 +185,14 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
             dport,
         },
     };
+    if !known && !new_life {
+        // A socket from before the program: its owner, if the scan at
+        // start found it.
+        // SAFETY: read-only copy of a small value.
+        if let Some(owner) = unsafe { OWNERS_AT_START.get(cookie_of(skaddr, cfg.sock)) } {
+            lend_owner(rec, owner);
+        }
+    }
     // The kernel skips tracepoint hits under load (docs/ARCHITECTURE.md,
     // "Lost transitions"): a socket leaving a state other than the one the
     // table saw it enter has missed transitions, so its time in `old` is
@@ -198,6 +211,7 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
         rec,
         u16::from_be_bytes([old, new]),
         sport,
+        &record.get::<[u8; 16]>(off.saddr_v6),
         u16::from_be_bytes([cfg.filters, cfg.cgroups]),
     );
     rec.close = close_side_after(rec.close, old, new);
@@ -496,7 +510,7 @@ fn selected(filters: u8, sport: u16, dport: u16, rec: &SockRecord) -> bool {
 /// Records the socket's owner where it is known (docs/ARCHITECTURE.md,
 /// "Owners"), and keeps the listener table.
 #[inline(always)]
-fn attribute_owner(rec: &mut SockRecord, transition: u16, sport: u16, selection: u16) {
+fn attribute_owner(rec: &mut SockRecord, transition: u16, sport: u16, saddr: &[u8; 16], selection: u16) {
     let [old, new] = transition.to_be_bytes();
     let [filters, cgroups] = selection.to_be_bytes();
     if owner_is_current(old, new) {
@@ -504,34 +518,69 @@ fn attribute_owner(rec: &mut SockRecord, transition: u16, sport: u16, selection:
         rec.comm = bpf_get_current_comm().unwrap_or([0; 16]);
         // SAFETY: a plain helper call; the cgroup v2 (default hierarchy) id.
         rec.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-        rec.flags = (rec.flags | FLAG_OWNER_KNOWN) & !(FLAG_OWNER_FROM_LISTENER | FLAG_OWNER_IN_CGROUP);
+        rec.flags = (rec.flags | FLAG_OWNER_KNOWN)
+            & !(FLAG_OWNER_FROM_LISTENER | FLAG_OWNER_IN_CGROUP | FLAG_OWNER_AT_START);
         if filters & FILTER_CGROUP != 0 && in_selected_cgroup(cgroups) {
             rec.flags |= FLAG_OWNER_IN_CGROUP;
         }
-    } else if is_accepted_child(old, new) {
-        // SAFETY: read-only copy of a small value.
-        if let Some(owner) = unsafe { LISTENERS.get(sport) } {
-            rec.pid = owner.pid;
-            rec.comm = owner.comm;
-            rec.cgroup_id = owner.cgroup_id;
-            rec.flags = (rec.flags & !FLAG_OWNER_IN_CGROUP)
-                | FLAG_OWNER_KNOWN
-                | FLAG_OWNER_FROM_LISTENER
-                | owner.flags;
+    }
+    let mut key = ListenerKey { netns: rec.netns, port: sport, _pad: 0, addr: *saddr };
+    if is_accepted_child(old, new) {
+        // The listener bound to the child's address, else the wildcard of
+        // its family, else the IPv6 wildcard (which takes IPv4 too).
+        // SAFETY: read-only copies of small values.
+        let mut owner = unsafe { LISTENERS.get(key) };
+        if owner.is_none() && is_v4_mapped(saddr) {
+            key.addr = V4_MAPPED_ANY;
+            owner = unsafe { LISTENERS.get(key) };
         }
-    }
-    if old == TCP_CLOSE && new == TCP_LISTEN {
-        let owner = Owner {
-            comm: rec.comm,
-            cgroup_id: rec.cgroup_id,
-            pid: rec.pid,
-            flags: rec.flags & FLAG_OWNER_IN_CGROUP,
-            _pad: [0; 3],
-        };
-        let _ = LISTENERS.insert(sport, owner, 0);
+        if owner.is_none() {
+            key.addr = [0; 16];
+            owner = unsafe { LISTENERS.get(key) };
+        }
+        if let Some(owner) = owner {
+            lend_owner(rec, owner);
+            rec.flags |= FLAG_OWNER_FROM_LISTENER;
+        }
+    } else if old == TCP_CLOSE && new == TCP_LISTEN {
+        let _ = LISTENERS.insert(key, owner_of(rec), 0);
     } else if old == TCP_LISTEN && new == TCP_CLOSE {
-        let _ = LISTENERS.remove(sport);
+        let _ = LISTENERS.remove(key);
     }
+}
+
+/// The owner a socket lends its children.
+#[inline(always)]
+fn owner_of(rec: &SockRecord) -> Owner {
+    Owner {
+        comm: rec.comm,
+        cgroup_id: rec.cgroup_id,
+        pid: rec.pid,
+        flags: rec.flags & (FLAG_OWNER_IN_CGROUP | FLAG_OWNER_AT_START),
+        _pad: [0; 3],
+    }
+}
+
+/// Gives a socket an owner it was not seen with: its listener's, or the
+/// one found at start.
+#[inline(always)]
+fn lend_owner(rec: &mut SockRecord, owner: &Owner) {
+    rec.pid = owner.pid;
+    rec.comm = owner.comm;
+    rec.cgroup_id = owner.cgroup_id;
+    rec.flags = (rec.flags & !(FLAG_OWNER_IN_CGROUP | FLAG_OWNER_AT_START | FLAG_OWNER_FROM_LISTENER))
+        | FLAG_OWNER_KNOWN
+        | owner.flags;
+}
+
+/// The socket's cookie (0 when the offset is unknown or the read fails):
+/// set for every socket that sock_diag dumped at start.
+#[inline(always)]
+fn cookie_of(skaddr: u64, sock: SockOffsets) -> u64 {
+    if sock.cookie == 0 {
+        return 0;
+    }
+    read(skaddr + u64::from(sock.cookie))
 }
 
 /// Whether the current task is under one of the first `count` `--cgroup`

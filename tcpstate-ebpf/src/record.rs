@@ -43,6 +43,10 @@ bitflags! {
         const HAD_GAP = 16;
         /// The owner was under one of the `--cgroup` cgroups when captured.
         const OWNER_IN_CGROUP = 32;
+        /// The owner was found at start, by matching the socket files of
+        /// every process (/proc/PID/fd) with sock_diag's dump: the socket
+        /// or its listener existed before the program was attached.
+        const OWNER_AT_START = 64;
     }
 }
 
@@ -53,6 +57,7 @@ pub const FLAG_FROM_START: u8 = RecordFlags::FROM_START.bits();
 pub const FLAG_GAP: u8 = RecordFlags::GAP.bits();
 pub const FLAG_HAD_GAP: u8 = RecordFlags::HAD_GAP.bits();
 pub const FLAG_OWNER_IN_CGROUP: u8 = RecordFlags::OWNER_IN_CGROUP.bits();
+pub const FLAG_OWNER_AT_START: u8 = RecordFlags::OWNER_AT_START.bits();
 
 /// One state transition, as sent through the ring buffer. 112 bytes; the
 /// one-byte fields come first so that the kind leads without padding.
@@ -114,17 +119,34 @@ pub struct SockRecord {
     pub dport: u16,
 }
 
-/// A process that owns a socket: the listener table's value.
+/// A process that owns a socket: the value of the listener table and of
+/// the owners found at start.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Owner {
     pub comm: [u8; 16],
     pub cgroup_id: u64,
     pub pid: u32,
-    /// Its `RecordFlags::OWNER_IN_CGROUP`, for the sockets it accepts.
+    /// Its `OWNER_IN_CGROUP` and `OWNER_AT_START` [`RecordFlags`], for the
+    /// sockets it is lent to.
     pub flags: u8,
     pub _pad: [u8; 3],
 }
+
+/// The listener table's key: a listening socket's namespace, port and
+/// address (v4-mapped for IPv4; the unspecified address for a wildcard).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ListenerKey {
+    /// Inode of the network namespace; 0 when unknown (no BTF).
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
+    pub addr: [u8; 16],
+}
+
+/// `ListenerKey::addr` of an IPv4 wildcard listener (0.0.0.0, v4-mapped).
+pub const V4_MAPPED_ANY: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
 
 /// `TwHookEvent::hook`: which kernel function fired (docs/ARCHITECTURE.md,
 /// "Timewait sockets").

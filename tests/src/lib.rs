@@ -184,6 +184,13 @@ impl Netns {
         Self { name }
     }
 
+    /// Its inode, as the kernel program reports a socket's namespace.
+    pub fn inode(&self) -> u32 {
+        use std::os::unix::fs::MetadataExt as _;
+        let path = format!("/run/netns/{}", self.name);
+        std::fs::metadata(&path).unwrap_or_else(|e| panic!("{path}: {e}")).ino() as u32
+    }
+
     /// Runs a command inside the namespace.
     pub fn exec(&self, args: &[&str]) -> std::process::Output {
         Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().expect("ip netns exec")

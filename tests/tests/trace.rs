@@ -382,3 +382,99 @@ fn h_missed_transition_is_flagged() {
     assert_eq!(final_close(client), Some(CloseSide::Active));
     assert_eq!(counters.sockets_with_gaps, 1);
 }
+
+/// A server and a connection that were there before the tracer started:
+/// the scan at start gives the connection and the listener their owner,
+/// so a kernel-side `--pid` filter on the server sees the old connection's
+/// close and a new connection's whole life, accept included.
+#[test]
+fn i_owners_of_sockets_from_before_the_start() {
+    let test = "i_owners_at_start";
+    let (events, server_pid) = rerun_if_transitions_lost(test, || {
+        let ns = Netns::new("i_early");
+        let port = unique_port();
+        let addr = format!("127.0.0.1:{port}");
+        let server = Peer::server(
+            &ns,
+            "tsp-early",
+            &["server", "--listen", &addr, "--count", "2", "--close", "second"],
+        );
+        let mut early = Peer::spawn(
+            &ns,
+            "tsp-early-cli",
+            false,
+            &["client", "--connect", &addr, "--close", "first", "--close-on-go"],
+        );
+        let established = wait_until(scaled(EVENT_WAIT), || {
+            let out = ns.exec(&["ss", "-tnH", "state", "established"]);
+            String::from_utf8_lossy(&out.stdout).lines().count() == 2
+        });
+        assert!(established, "the early connection is not established");
+        let server_pid = server.pid();
+        let filters = Filters { pids: vec![server_pid], ports: vec![port], ..Default::default() };
+        let mut tracer = start_tracer(filters);
+        early.go();
+        early.finish();
+        let late =
+            Peer::spawn(&ns, "tsp-late-cli", false, &["client", "--connect", &addr, "--close", "first"]);
+        late.finish();
+        server.finish();
+        let got = collect(&mut tracer, |e| {
+            closed_connections(e, 2)
+                && e.iter().any(|t| t.old == TcpState::LISTEN && t.new == TcpState::CLOSE)
+        });
+        ((got.events, server_pid), got.lost)
+    });
+    let lives = lives(&events);
+    assert_eq!(lives.len(), 3, "the two server-side connections and the listener: {lives:#?}");
+    for life in &lives {
+        assert_owned_by(life, server_pid, "tsp-early");
+    }
+    // The early connection, first seen when its client closed.
+    let early = life_starting(&lives, TcpState::ESTABLISHED, TcpState::CLOSE_WAIT);
+    assert_eq!(states(early), ["ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSE"]);
+    assert!(early[0].owner.unwrap().at_start, "{:?}", early[0]);
+    assert!(!early[1].owner.unwrap().at_start, "its close names the owner itself: {:?}", early[1]);
+    // The late connection, accepted from the early listener.
+    let late = life_starting(&lives, TcpState::LISTEN, TcpState::SYN_RECV);
+    assert_eq!(states(late), ["LISTEN", "SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSE"]);
+    let lent = late[0].owner.unwrap();
+    assert!(lent.from_listener && lent.at_start, "{:?}", late[0]);
+    let own = late[3].owner.unwrap();
+    assert!(!own.from_listener && !own.at_start, "its close names the owner itself: {:?}", late[3]);
+}
+
+/// Two listeners on one port in two namespaces each lend their own owner
+/// to the connections they accept, whichever listened last.
+#[test]
+fn i_listeners_are_told_apart_by_namespace() {
+    let test = "i_listener_namespaces";
+    let (events, servers) = rerun_if_transitions_lost(test, || {
+        let (red_ns, blue_ns) = (Netns::new("i_red"), Netns::new("i_blue"));
+        let port = unique_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut tracer = start_tracer(ports(&[port]));
+        let args = ["server", "--listen", &addr, "--close", "second"];
+        let red = Peer::server(&red_ns, "tsp-red", &args);
+        let blue = Peer::server(&blue_ns, "tsp-blue", &args);
+        // Namespace inode → the pid of the server listening in it.
+        let servers: BTreeMap<u32, u32> = [(&red_ns, red.pid()), (&blue_ns, blue.pid())]
+            .into_iter()
+            .map(|(ns, pid)| (ns.inode(), pid))
+            .collect();
+        for ns in [&red_ns, &blue_ns] {
+            Peer::spawn(ns, "tsp-cli", false, &["client", "--connect", &addr, "--close", "first"]).finish();
+        }
+        red.finish();
+        blue.finish();
+        let got = collect(&mut tracer, |e| closed_connections(e, 4));
+        ((got.events, servers), got.lost)
+    });
+    assert_eq!(servers.len(), 2);
+    let accepted: Vec<_> =
+        events.iter().filter(|t| t.old == TcpState::LISTEN && t.new == TcpState::SYN_RECV).collect();
+    assert_eq!(accepted.len(), 2, "{events:#?}");
+    for t in accepted {
+        assert_eq!(t.owner.map(|o| o.pid), servers.get(&t.netns).copied(), "{t:?} (servers: {servers:?})");
+    }
+}

@@ -178,6 +178,7 @@ mod tests {
             timewait,
             expires: timewait.then(|| Duration::from_millis(expires_ms)),
             inode,
+            cookie: 0,
         }
     }
 

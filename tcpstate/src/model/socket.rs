@@ -35,4 +35,7 @@ pub struct SockEntry {
     pub expires: Option<Duration>,
     /// 0 for timewait and request sockets.
     pub inode: u32,
+    /// The socket's cookie, which the dump also sets in the socket, where
+    /// the kernel program reads it.
+    pub cookie: u64,
 }

@@ -92,6 +92,9 @@ pub struct Owner {
     /// Inherited from the listening socket: the accepted socket has not yet
     /// made a transition in its own process's context.
     pub from_listener: bool,
+    /// Found at start, for a socket (or its listener) that existed before
+    /// the program: its process held the socket's file then.
+    pub at_start: bool,
     /// Its cgroup v2 id when it was captured; 0 when unknown.
     pub cgroup_id: u64,
 }
@@ -158,6 +161,7 @@ impl Transition {
             pid: raw.pid,
             comm: Comm::from_raw(raw.comm),
             from_listener: flags.contains(RecordFlags::OWNER_FROM_LISTENER),
+            at_start: flags.contains(RecordFlags::OWNER_AT_START),
             cgroup_id: raw.cgroup_id,
         });
         Self {
@@ -228,7 +232,13 @@ pub(crate) mod tests {
         assert_eq!(t.close, Some(CloseSide::Active));
         assert_eq!(
             t.owner,
-            Some(Owner { pid: 4242, comm: "curl".into(), from_listener: false, cgroup_id: 77 })
+            Some(Owner {
+                pid: 4242,
+                comm: "curl".into(),
+                from_listener: false,
+                at_start: false,
+                cgroup_id: 77
+            })
         );
         assert!(t.seen_from_start);
         assert_eq!(t.gap, None);

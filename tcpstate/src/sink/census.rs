@@ -93,12 +93,14 @@ mod tests {
             timewait: true,
             expires: Some(Duration::from_millis(59_500)),
             inode: 0,
+            cookie: 0,
         };
         let est = SockEntry {
             state: TcpState::ESTABLISHED,
             timewait: false,
             expires: None,
             inode: 7,
+            cookie: 0,
             ..tw.clone()
         };
         let c = Census::build(&[tw, est], Some(GroupBy::Lport), &Owners::new(), "ns1".into(), "T".into());

@@ -183,6 +183,12 @@ impl<W: Write> Sink for JsonSink<W> {
                 Some(false) => "false",
                 None => "null",
             })
+            .raw(",\"owner_at_start\":")
+            .raw(match t.owner.as_ref().map(|o| o.at_start) {
+                Some(true) => "true",
+                Some(false) => "false",
+                None => "null",
+            })
             .raw(",\"close\":")
             .quoted(t.close.map(|c| c.name()))
             .raw(if t.gap.is_some() { ",\"gap\":true" } else { ",\"gap\":false" })
@@ -346,13 +352,22 @@ mod tests {
             "daddr": "127.0.0.2", "dport": 80,
             "old_state": "ESTABLISHED", "new_state": "FIN_WAIT1",
             "in_old_state_ns": 1_500_000,
-            "pid": 4242, "comm": "curl", "owner_from_listener": false,
+            "pid": 4242, "comm": "curl", "owner_from_listener": false, "owner_at_start": false,
             "cgroup": null, "container": null,
             "close": "active",
             "gap": false, "last_seen_state": null,
         });
         assert_eq!(rows[0], expected);
-        for key in ["in_old_state_ns", "pid", "comm", "close", "owner_from_listener", "cgroup", "container"] {
+        for key in [
+            "in_old_state_ns",
+            "pid",
+            "comm",
+            "close",
+            "owner_from_listener",
+            "owner_at_start",
+            "cgroup",
+            "container",
+        ] {
             assert!(rows[1][key].is_null(), "{key} should be null");
         }
     }

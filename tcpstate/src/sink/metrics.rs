@@ -427,7 +427,13 @@ mod tests {
     /// A connection of `comm` in `cgroup` closing first into TIME_WAIT.
     fn active_close(agg: &mut Aggregator, n: u64, comm: &str, cgroup: &str) {
         let mut t = step(n, TcpState::FIN_WAIT2, TcpState::CLOSE, Some(CloseSide::Active));
-        t.owner = Some(Owner { pid: 1, comm: Comm::from(comm), from_listener: false, cgroup_id: 1 });
+        t.owner = Some(Owner {
+            pid: 1,
+            comm: Comm::from(comm),
+            from_listener: false,
+            at_start: false,
+            cgroup_id: 1,
+        });
         t.cgroup = Some(Cgroup::of_path(cgroup));
         agg.observe(&t);
     }

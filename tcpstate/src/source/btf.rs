@@ -173,6 +173,9 @@ fn lookup() -> anyhow::Result<KernelBtf> {
     let sock = SockOffsets {
         net: btf.offset_of("sock", "__sk_common.skc_net.net")?,
         net_inum: btf.offset_of("net", "ns.inum")?,
+        // Optional: without it, sockets from before the start stay unowned.
+        cookie: btf.offset_of("sock", "__sk_common.skc_cookie").unwrap_or(0),
+        _pad: 0,
     };
     Ok(KernelBtf {
         sock,
@@ -234,6 +237,7 @@ mod tests {
             ("net", "ns.inum"),
             ("sock", "__sk_common.skc_family"),
             ("sock", "sk_protocol"),
+            ("sock", "__sk_common.skc_cookie"),
             ("inet_timewait_sock", "tw_substate"),
         ] {
             let (_, want) = full.offset_of(full.id_of(ty).unwrap(), path).unwrap();

@@ -7,5 +7,6 @@ pub mod hooks;
 pub mod preflight;
 pub mod procnet;
 pub mod sockdiag;
+pub mod start_owners;
 pub mod tracefs;
 pub mod tracer;

@@ -155,32 +155,68 @@ pub fn mounts_of(fstype: &str) -> Vec<std::path::PathBuf> {
 }
 
 /// A process's cgroup v2 path, from /proc/PID/cgroup's `0::` line.
-fn cgroup_of(proc_dir: &Path) -> Option<std::sync::Arc<Cgroup>> {
+fn cgroup_path_of(proc_dir: &Path) -> Option<String> {
     let text = fs::read_to_string(proc_dir.join("cgroup")).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("0::")).map(Cgroup::of_path)
+    text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string)
 }
 
-/// Maps socket inodes to the processes holding them, by reading
-/// `/proc/PID/fd`. Processes that vanish or deny access are skipped.
-pub fn socket_owners() -> Owners {
-    let mut owners = Owners::new();
-    let Ok(procs) = fs::read_dir("/proc") else { return owners };
+/// A process holding sockets, from /proc/PID.
+#[derive(Clone, Debug)]
+pub struct SocketHolder {
+    pub pid: u32,
+    pub comm: Comm,
+    /// Its cgroup v2 path (below the cgroup2 mount).
+    pub cgroup_path: Option<String>,
+    /// Inode of its network namespace.
+    pub netns: Option<u32>,
+    /// Inodes of the sockets its fds hold.
+    pub sockets: Vec<u32>,
+}
+
+/// Every process holding a socket, by reading `/proc/PID/fd`. Processes
+/// that vanish or deny access are skipped.
+pub fn socket_holders() -> Vec<SocketHolder> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(procs) = fs::read_dir("/proc") else { return Vec::new() };
+    let mut holders = Vec::new();
     for proc_entry in procs.flatten() {
         let Some(pid) = proc_entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(fds) = fs::read_dir(proc_entry.path().join("fd")) else { continue };
-        let comm = fs::read_to_string(proc_entry.path().join("comm")).unwrap_or_default();
-        let comm = Comm::from(comm.trim_end());
-        let cgroup = cgroup_of(&proc_entry.path()).map(|c| c.label.clone());
-        for fd in fds.flatten() {
-            let Ok(target) = fs::read_link(fd.path()) else { continue };
-            let inode = target
-                .to_str()
-                .and_then(|t| t.strip_prefix("socket:["))
-                .and_then(|t| t.strip_suffix(']'))
-                .and_then(|n| n.parse::<u32>().ok());
-            if let Some(inode) = inode {
-                owners.entry(inode).or_insert_with(|| SocketOwner { pid, comm, cgroup: cgroup.clone() });
-            }
+        let dir = proc_entry.path();
+        let Ok(fds) = fs::read_dir(dir.join("fd")) else { continue };
+        let sockets: Vec<u32> = fds
+            .flatten()
+            .filter_map(|fd| {
+                let target = fs::read_link(fd.path()).ok()?;
+                target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+            })
+            .collect();
+        if sockets.is_empty() {
+            continue;
+        }
+        let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        holders.push(SocketHolder {
+            pid,
+            comm: Comm::from(comm.trim_end()),
+            cgroup_path: cgroup_path_of(&dir),
+            netns: fs::metadata(dir.join("ns/net")).ok().and_then(|m| u32::try_from(m.ino()).ok()),
+            sockets,
+        });
+    }
+    holders
+}
+
+/// Maps socket inodes to the processes holding them (the first found,
+/// where a socket is shared).
+pub fn socket_owners() -> Owners {
+    let mut owners = Owners::new();
+    for holder in socket_holders() {
+        let cgroup = holder.cgroup_path.as_deref().map(|p| Cgroup::of_path(p).label.clone());
+        for inode in holder.sockets {
+            owners.entry(inode).or_insert_with(|| SocketOwner {
+                pid: holder.pid,
+                comm: holder.comm,
+                cgroup: cgroup.clone(),
+            });
         }
     }
     owners

@@ -246,6 +246,7 @@ impl SockDiag {
                             timewait: timer == TIMER_TIMEWAIT,
                             expires: (timer != 0).then(|| Duration::from_millis(expires_ms.into())),
                             inode: h.inode,
+                            cookie: cookie_of(h.socket_id.cookie),
                         });
                     }
                     _ => {}
@@ -257,6 +258,12 @@ impl SockDiag {
             }
         }
     }
+}
+
+/// `idiag_cookie`: two native-endian u32 halves, low first.
+fn cookie_of(raw: [u8; 8]) -> u64 {
+    let half = |at: usize| u64::from(u32::from_ne_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]));
+    half(0) | half(4) << 32
 }
 
 fn open_socket() -> anyhow::Result<Socket> {

@@ -17,7 +17,9 @@ use tcpstate_ebpf as abi;
 
 use super::{
     hooks::{self, Hooks},
-    preflight, tracefs,
+    preflight,
+    start_owners::StartOwners,
+    tracefs,
 };
 use crate::model::{
     counters::{KernelCounters, KernelSummary, StateHistogram},
@@ -120,7 +122,7 @@ impl Tracer {
             tw: kernel.and_then(|k| k.tw.clone().ok()).unwrap_or_default(),
             stream: opts.stream.bits(),
             cgroups: opts.filters.cgroups.len() as u8,
-            _pad: [0; 6],
+            _pad: [0; 2],
             offsets,
             family: match opts.filters.family {
                 None => abi::FAMILY_ANY,
@@ -155,6 +157,9 @@ impl Tracer {
         // After load (which needs the maps' fds) and before attach, so that
         // no event is seen unfiltered.
         fill_filter_maps(&mut ebpf, &opts.filters)?;
+        // Also before attach: a socket from before the start is looked up
+        // once, when the program first sees it.
+        seed_owners(&mut ebpf, &super::start_owners::scan(&opts.filters.cgroups))?;
         // The hooks first: a handover must never reach userspace before
         // the hook that made its timewait socket.
         let hooks = if opts.timewait_hooks { hooks::attach(&mut ebpf, kernel) } else { Hooks::default() };
@@ -373,6 +378,26 @@ fn fill_filter_maps(ebpf: &mut Ebpf, filters: &Filters) -> anyhow::Result<()> {
         let dir = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
         set_cgroup(cgroups.fd().as_fd(), slot as u32, dir.as_fd())
             .with_context(|| format!("selecting cgroup {}", filters.cgroups[slot].display()))?;
+    }
+    Ok(())
+}
+
+/// Writes the owners found at start into the listener table (without
+/// replacing one the program wrote) and the table of sockets by cookie.
+fn seed_owners(ebpf: &mut Ebpf, found: &StartOwners) -> anyhow::Result<()> {
+    fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
+        ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing"))
+    }
+    let mut listeners: HashMap<_, abi::ListenerKey, abi::Owner> =
+        HashMap::try_from(map(ebpf, abi::MAP_LISTENERS)?)?;
+    for (key, owner) in found.listeners.iter().take(abi::MAX_LISTENERS as usize) {
+        // Two processes sharing a listener (a forking server): the first.
+        let _ = listeners.insert(key, owner, u64::from(aya_obj::generated::BPF_NOEXIST));
+    }
+    let mut sockets: HashMap<_, u64, abi::Owner> = HashMap::try_from(map(ebpf, abi::MAP_OWNERS_AT_START)?)?;
+    for (cookie, owner) in found.sockets.iter().take(abi::MAX_OWNERS_AT_START as usize) {
+        // Full: the rest stay unowned, as without the scan.
+        let _ = sockets.insert(cookie, owner, 0);
     }
     Ok(())
 }

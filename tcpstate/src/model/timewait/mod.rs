@@ -441,6 +441,7 @@ mod tests {
             timewait: true,
             expires: Some(Duration::from_millis(expires_ms)),
             inode: 0,
+            cookie: 0,
         }
     }
 
