@@ -116,7 +116,9 @@ pub struct SockOffsets {
     /// `struct sock` → `__sk_common.skc_cookie`: the socket's cookie,
     /// which sock_diag hands out (and sets) when it dumps the socket.
     pub cookie: u16,
-    pub _pad: u16,
+    /// `struct sock` → `sk_err`: the errno a reset or a timeout closed the
+    /// socket with. A handover to a timewait socket never sets it.
+    pub err: u16,
 }
 
 /// Offsets into a timewait socket, from BTF at start, for the exact-mode

@@ -164,10 +164,12 @@ mod tests {
         assert!(!streamed(summary, TCP_SYN_SENT, TCP_ESTABLISHED));
         assert!(streamed(summary | STREAM_REUSE_MARKERS, TCP_SYN_SENT, TCP_ESTABLISHED));
         assert!(streamed(summary | STREAM_REUSE_MARKERS, TCP_LISTEN, TCP_SYN_RECV));
-        assert!(hands_over_to_timewait(TCP_FIN_WAIT2, TCP_CLOSE, CLOSE_ACTIVE));
-        assert!(hands_over_to_timewait(TCP_CLOSING, TCP_CLOSE, CLOSE_SIMULTANEOUS));
-        assert!(!hands_over_to_timewait(TCP_LAST_ACK, TCP_CLOSE, CLOSE_PASSIVE));
-        assert!(!hands_over_to_timewait(TCP_FIN_WAIT1, TCP_CLOSE, CLOSE_RESET));
+        assert!(hands_over_to_timewait(TCP_FIN_WAIT2, TCP_CLOSE, CLOSE_ACTIVE, 0));
+        assert!(hands_over_to_timewait(TCP_CLOSING, TCP_CLOSE, CLOSE_SIMULTANEOUS, 0));
+        assert!(!hands_over_to_timewait(TCP_LAST_ACK, TCP_CLOSE, CLOSE_PASSIVE, 0));
+        assert!(!hands_over_to_timewait(TCP_FIN_WAIT1, TCP_CLOSE, CLOSE_RESET, 0));
+        // ECONNRESET: the peer reset it after our FIN; no timewait socket.
+        assert!(!hands_over_to_timewait(TCP_FIN_WAIT1, TCP_CLOSE, CLOSE_ACTIVE, 104));
     }
 
     #[test]

@@ -153,6 +153,8 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
     let new = record.get::<i32>(off.newstate) as u8;
     let sport = record.get::<u16>(off.sport);
     let dport = record.get::<u16>(off.dport);
+    // Why a socket closed: a reset or a timeout leaves its errno.
+    let error = if new == TCP_CLOSE { error_of(skaddr, cfg.sock) } else { 0 };
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
 
@@ -240,7 +242,7 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
     bump(&TRANSITIONS, transition_index(old, new));
     if cfg.stream & STREAM_SUMMARY != 0 {
         let left = known.then_some(last_state);
-        summarize(cfg.stream, old, new, left, in_old_state_ns, rec.close);
+        summarize(cfg.stream, u16::from_be_bytes([old, new]), left, in_old_state_ns, rec.close, error);
         if !streamed(cfg.stream, old, new) {
             return Ok(());
         }
@@ -276,7 +278,8 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
         (*e).netns = rec.netns;
         (*e).sport = sport;
         (*e).dport = dport;
-        (*e)._pad = [0; 4];
+        (*e).error = error;
+        (*e)._pad = [0; 3];
     }
     // Waking the reader costs more than the rest of the program, so wake it
     // only once a batch is waiting; it also drains on a timer.
@@ -423,11 +426,12 @@ const EEXIST: i32 = -17;
 /// socket not followed until now): its gauge is the one to take back, even
 /// when transitions were missed since.
 #[inline(always)]
-fn summarize(stream: u8, old: u8, new: u8, left: Option<u8>, in_old_state_ns: u64, close: u8) {
+fn summarize(stream: u8, transition: u16, left: Option<u8>, in_old_state_ns: u64, close: u8, error: u8) {
+    let [old, new] = transition.to_be_bytes();
     let known = left.is_some();
     let deferred = stream & STREAM_DEFER_HANDOVER != 0
         && old == TCP_FIN_WAIT2
-        && hands_over_to_timewait(old, new, close);
+        && hands_over_to_timewait(old, new, close, error);
     if known
         && in_old_state_ns != DURATION_UNKNOWN
         && !deferred
@@ -571,6 +575,17 @@ fn lend_owner(rec: &mut SockRecord, owner: &Owner) {
     rec.flags = (rec.flags & !(FLAG_OWNER_IN_CGROUP | FLAG_OWNER_AT_START | FLAG_OWNER_FROM_LISTENER))
         | FLAG_OWNER_KNOWN
         | owner.flags;
+}
+
+/// The socket's `sk_err` (0 when the offset is unknown or the read fails),
+/// as a byte: errnos fit.
+#[inline(always)]
+fn error_of(skaddr: u64, sock: SockOffsets) -> u8 {
+    if sock.err == 0 {
+        return 0;
+    }
+    let err: i32 = read(skaddr + u64::from(sock.err));
+    err.clamp(0, 255) as u8
 }
 
 /// The socket's cookie (0 when the offset is unknown or the read fails):

@@ -92,7 +92,10 @@ pub struct Event {
     pub netns: u32,
     pub sport: u16,
     pub dport: u16,
-    pub _pad: [u8; 4],
+    /// At CLOSE: the socket's error (`sk_err`, an errno) if a reset or a
+    /// timeout closed it; 0 otherwise.
+    pub error: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Per-socket record in the kernel's socket table, keyed by `skaddr`.

@@ -162,12 +162,16 @@ pub fn is_accepted_child(old: u8, new: u8) -> bool {
     old == TCP_LISTEN && new == TCP_SYN_RECV
 }
 
-/// Whether `old → new` (with the close side after it) hands the connection
-/// over to a timewait socket: the active or simultaneous closer's full
-/// socket closing from a FIN state (docs/ARCHITECTURE.md, "Timewait sockets").
+/// Whether `old → new` (with the close side after it, and the socket's
+/// error at CLOSE) hands the connection over to a timewait socket: the
+/// active or simultaneous closer's full socket closing from a FIN state
+/// without an error. A reset or a retransmission timeout closes it from the
+/// same states with `sk_err` set, and makes no timewait socket
+/// (docs/ARCHITECTURE.md, "Timewait sockets", says what still looks alike).
 #[inline(always)]
-pub fn hands_over_to_timewait(old: u8, new: u8, close: u8) -> bool {
+pub fn hands_over_to_timewait(old: u8, new: u8, close: u8, error: u8) -> bool {
     new == TCP_CLOSE
+        && error == 0
         && matches!(old, TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSING)
         && matches!(close, CLOSE_ACTIVE | CLOSE_SIMULTANEOUS)
 }

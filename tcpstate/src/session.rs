@@ -4,7 +4,7 @@
 //! buffer when woken or on a timer, until Ctrl-C, SIGTERM, SIGHUP,
 //! `--duration` (counted from attach), or a closed stdout.
 
-use std::{collections::BTreeMap, io, time::Duration};
+use std::{io, time::Duration};
 
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -51,8 +51,8 @@ struct Pipeline {
     tracer: Tracer,
     follower: Option<Follower>,
     cgroups: CgroupResolver,
-    /// TcpExt counters at start: reports show what changed since.
-    tcpext_at_start: BTreeMap<String, u64>,
+    /// TcpExt counters of the namespaces traced: reports show how they moved.
+    tcpext: procnet::TcpExtWatch,
 }
 
 impl Pipeline {
@@ -60,12 +60,13 @@ impl Pipeline {
     /// cgroup resolved, and to the timewait follower, whose events go to the
     /// sink too. At the end (`last`), the follower polls whether due or not.
     fn drain(&mut self, sink: &mut dyn Sink, last: bool) -> io::Result<()> {
-        let Self { tracer, follower, cgroups, .. } = self;
+        let Self { tracer, follower, cgroups, tcpext } = self;
         let mut events = Vec::new();
         tracer.drain(|record| {
             match record {
                 Record::Transition(mut t) => {
                     t.cgroup = t.owner.and_then(|o| cgroups.resolve(o.cgroup_id));
+                    tcpext.see(t.netns);
                     sink.transition(&t).map_err(naming_stdout)?;
                     events.extend(follower.as_mut().and_then(|f| f.on_transition(&t)));
                 }
@@ -96,7 +97,7 @@ impl Pipeline {
     fn readings(&self) -> anyhow::Result<Readings> {
         Ok(Readings {
             counters: self.tracer.counters()?,
-            tcpext: procnet::delta(&self.tcpext_at_start, &procnet::tcpext()),
+            tcpext: self.tcpext.readings(),
             process: procnet::self_usage(),
         })
     }
@@ -133,10 +134,10 @@ pub struct Running {
 /// starts following timewait sockets, as `session` says.
 pub fn start(session: &config::Session) -> anyhow::Result<Running> {
     let signals = Signals::listen()?;
-    let tcpext_at_start = procnet::tcpext();
+    let tcpext = procnet::TcpExtWatch::start();
     let tracer = Tracer::start(&session.tracer_options())?;
     let follower = session.following.as_ref().map(|f| Follower::new(f, tracer.hooks().sources()));
-    let pipeline = Pipeline { tracer, follower, cgroups: CgroupResolver::new(), tcpext_at_start };
+    let pipeline = Pipeline { tracer, follower, cgroups: CgroupResolver::new(), tcpext };
     Ok(Running { pipeline, signals: Some(signals), duration: session.duration, summary: session.summary })
 }
 

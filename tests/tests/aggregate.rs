@@ -26,7 +26,7 @@ fn fixed_scenario_counts_sides_and_time_wait_producers() {
     if !kernel_tests_possible("fixed_scenario") {
         return;
     }
-    let (report, top_docs, text, ps) = rerun_if_transitions_lost("fixed_scenario", || {
+    let (report, top_docs, text, ps, netns) = rerun_if_transitions_lost("fixed_scenario", || {
         let ns = Netns::new("agg");
         let (pa, ps, pc) = (unique_port(), unique_port(), unique_port());
         let ports = format!("{pa},{ps},{pc}");
@@ -87,7 +87,7 @@ fn fixed_scenario_counts_sides_and_time_wait_producers() {
         let report: Value = serde_json::from_str(&stats.stdout).expect("one JSON document");
         let top_docs: Vec<Value> =
             top_json.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        ((report, top_docs, top_text.stdout, ps), lost)
+        ((report, top_docs, top_text.stdout, ps, ns.inode()), lost)
     });
     let tw = &report["time_wait"];
     assert_eq!(tw["total"], 30, "{tw}");
@@ -122,9 +122,15 @@ fn fixed_scenario_counts_sides_and_time_wait_producers() {
     assert_eq!(report["sockets"]["followed"], 0, "every socket closed");
     assert!(report["time_in_state"].as_array().unwrap().iter().any(|d| d["state"] == "ESTABLISHED"));
     assert_eq!(report["lifetime"]["count"], 70);
-    // The kernel's own TIME_WAIT counters, over the session (tcpstate's namespace).
-    let tcpext: Vec<&str> = report["tcpext"].as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(tcpext, ["TCPTimeWaitOverflow", "TW", "TWKilled", "TWRecycled"]);
+    // The kernel's own TIME_WAIT counters, over the session, in the test's
+    // namespace: it made the 30 timewait sockets (60 s timers: TW).
+    let tcpext = report["tcpext"].as_array().unwrap();
+    let ours = tcpext.iter().find(|n| n["netns"] == netns).unwrap_or_else(|| panic!("{tcpext:#?}"));
+    let keys: Vec<&str> = ours["counters"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["TCPTimeWaitOverflow", "TW", "TWKilled", "TWRecycled"]);
+    assert_eq!(ours["counters"]["TW"], 30, "{ours:#}");
+    assert_eq!(ours["counters"]["TWKilled"], 0, "{ours:#}");
+    assert_eq!(ours["since_start"], true, "{ours:#}");
 
     assert_eq!(report["losses"]["sockets_with_missed_transitions"], 0);
     assert_eq!(report["losses"]["sockets_evicted"], 0);

@@ -403,3 +403,74 @@ fn e_rst_into_time_wait_kills_it() {
     let bound = if expected_timewait_mode() == "fentry" { EXACT_MS } else { POLL_MS + poll_slack_ms() };
     assert!((0.0..=bound).contains(&after), "killed {after} ms after the SYN: {:#?}", run.rows);
 }
+
+/// g. A reset after the active closer's FIN (its socket still open after
+/// `shutdown`) closes it from a FIN state with ECONNRESET: no timewait
+/// socket is made, and none is looked for.
+#[test]
+fn g_reset_after_the_fin_is_not_a_handover() {
+    if !kernel_tests_possible("g_reset_after_fin") {
+        return;
+    }
+    let client_close = |r: &Run| -> Vec<Value> {
+        r.rows
+            .iter()
+            .filter(|t| t["kind"] == "transition" && t["comm"] == "tsp-g-cli" && t["new_state"] == "CLOSE")
+            .cloned()
+            .collect()
+    };
+    let closed = |r: &Run| client_close(r).len() == 1 && r.transitions("CLOSE_WAIT", "CLOSE").len() == 1;
+    let (run, ()) = Run::trace("twg", &[], SCENARIO_WAIT, closed, |ns, port| {
+        let addr = format!("127.0.0.1:{port}");
+        let server = Peer::server(ns, "tsp-g-srv", &["server", "--listen", &addr, "--close", "abort-second"]);
+        Peer::spawn(ns, "tsp-g-cli", false, &["client", "--connect", &addr, "--close", "half-close"])
+            .finish();
+        server.finish();
+    });
+    let close = &client_close(&run)[0];
+    assert!(["FIN_WAIT1", "FIN_WAIT2"].contains(&close["old_state"].as_str().unwrap()), "{close}");
+    assert_eq!(close["close"], "active", "{close}");
+    assert_eq!(close["error"], "ECONNRESET", "{close}");
+    assert_eq!(close["handover"], false, "{close}");
+    assert!(run.rows.iter().all(|r| r["kind"] != "timewait"), "no timewait socket: {:#?}", run.rows);
+}
+
+/// h. `stats` says what the timewait sockets reached: with
+/// tcp_fin_timeout=1 and a server that closes only after it, the client's
+/// connection is handed to a timewait socket that expires in FIN_WAIT2 and
+/// never reaches TIME_WAIT.
+#[test]
+fn h_stats_counts_what_the_timewait_socket_reached() {
+    if !kernel_tests_possible("h_reached") {
+        return;
+    }
+    const HOLD_MS: u64 = 2500;
+    let report = rerun_if_transitions_lost("twh", || {
+        let ns = ns_with("twh", &["net.ipv4.tcp_fin_timeout=1"]);
+        let port = unique_port();
+        let p = port.to_string();
+        let stats = CommandRun::start(&["stats", "--json", "--port", &p, "--tw-poll", "100ms"]);
+        client_closes_first(&ns, port, "h", "second", HOLD_MS);
+        // The server closed after its hold, past the timewait socket's end.
+        let out = stats.stop();
+        let lost = out.lost();
+        let report: Value = serde_json::from_str(out.stdout.lines().last().expect("a report")).expect("JSON");
+        ((report, ns.inode()), lost)
+    });
+    let (report, netns) = report;
+    // TcpExt is per namespace: the test's own counted the timewait socket
+    // when the kernel made it, under TWKilled (a timer of 4 s or less).
+    let tcpext = report["tcpext"].as_array().expect("tcpext");
+    let ours = tcpext.iter().find(|n| n["netns"] == netns).unwrap_or_else(|| panic!("{tcpext:#?}"));
+    assert_eq!(ours["counters"]["TWKilled"], 1, "{ours:#}");
+    assert_eq!(ours["counters"]["TW"], 0, "{ours:#}");
+    assert_eq!(ours["own"], false);
+    assert!(tcpext[0]["own"] == true, "tcpstate's own namespace first: {tcpext:#?}");
+    assert_eq!(report["time_wait"]["total"], 1, "{report:#}");
+    let ends = &report["timewait_ends"];
+    assert_eq!(ends["ended_in"]["fin_wait2"], 1, "{ends:#}");
+    assert_eq!(ends["ended_in"]["time_wait"], 0, "{ends:#}");
+    assert_eq!(ends["total"]["expired"], 1, "{ends:#}");
+    assert_eq!(ends["total"]["unobserved"], 0, "{ends:#}");
+    assert_eq!(ends["in_timewait_now"], 0, "{ends:#}");
+}

@@ -61,6 +61,13 @@ impl Sides {
     }
 }
 
+/// Timewait sockets that ended, by the last substate they were seen in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Reached {
+    pub time_wait: u64,
+    pub fin_wait2: u64,
+}
+
 /// How followed timewait sockets ended.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Ends {
@@ -269,6 +276,9 @@ pub struct Aggregator {
     /// Of those, how many are in each substate now: [FIN_WAIT2, TIME_WAIT].
     pub in_substate: [u64; 2],
     pub timewait_ends: Ends,
+    /// Of the ended ones seen: how many had reached TIME_WAIT, and how many
+    /// ended still in FIN_WAIT2 (the peer never sent its FIN).
+    pub ended_in: Reached,
     pub timewait_ends_by_process: CappedTable<ProcessKey, Ends>,
     /// How timewait sockets are followed, if they are. The FIN_WAIT2 time
     /// of a connection handed to one is then recorded when it ends, whole.
@@ -305,6 +315,7 @@ impl Aggregator {
             workload_cap: table_cap,
             in_timewait: 0,
             in_substate: [0; 2],
+            ended_in: Reached::default(),
             timewait_ends: Ends::default(),
             timewait_ends_by_process: CappedTable::new(table_cap),
             follows_timewait: None,
@@ -361,9 +372,14 @@ impl Aggregator {
             }
             _ => {}
         }
-        let TwEvent::Ended { cause, time_wait_ns, owner, .. } = e else { return };
+        let TwEvent::Ended { cause, time_wait_ns, owner, substate, .. } = e else { return };
         if let Some(ns) = *time_wait_ns {
             self.record(TcpState::TIME_WAIT, ns);
+        }
+        match (substate, time_wait_ns) {
+            (_, Some(_)) | (Some(TcpState::TIME_WAIT), _) => self.ended_in.time_wait += 1,
+            (Some(_), None) => self.ended_in.fin_wait2 += 1,
+            (None, None) => {}
         }
         *self.timewait_ends.slot(*cause) += 1;
         *self.timewait_ends_by_process.entry(ProcessKey::of(owner.as_ref())).slot(*cause) += 1;
@@ -460,6 +476,7 @@ pub(crate) mod tests {
             close,
             netns: 1,
             gap: None,
+            error: None,
             cgroup: None,
         }
     }

@@ -116,13 +116,27 @@ impl KernelCounters {
 }
 
 /// What a sink reads on its tick: the kernel's counters, and how the
-/// TcpExt counters (`/proc/net/netstat`) moved since the session began.
+/// TcpExt counters (`/proc/net/netstat`) moved in each network namespace
+/// the traced sockets live in.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Readings {
     pub counters: KernelCounters,
-    pub tcpext: BTreeMap<String, u64>,
+    pub tcpext: Vec<NamespaceTcpExt>,
     /// What tcpstate itself costs.
     pub process: ProcessUsage,
+}
+
+/// How one network namespace's TcpExt counters moved.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NamespaceTcpExt {
+    /// The namespace's inode.
+    pub netns: u32,
+    /// tcpstate's own namespace.
+    pub own: bool,
+    /// Since the session began; else since the namespace's first traced
+    /// transition.
+    pub since_start: bool,
+    pub counters: BTreeMap<String, u64>,
 }
 
 /// tcpstate's own CPU time and memory.

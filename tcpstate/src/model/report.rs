@@ -8,7 +8,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::{
-    aggregate::{Aggregator, CappedTable, Ends, HIST_LOW_NS, ProcessKey, Sides, Tally},
+    aggregate::{Aggregator, CappedTable, Ends, HIST_LOW_NS, ProcessKey, Reached, Sides, Tally},
     counters::{KernelCounters, StateHistogram},
     state::TcpState,
     transition::Comm,
@@ -98,6 +98,13 @@ pub struct TimewaitEnds {
     /// Connections in a timewait socket now (their TIME_WAIT time is
     /// recorded when they end).
     pub in_timewait_now: u64,
+    /// Of those, in FIN_WAIT2 (waiting for the peer's FIN) and TIME_WAIT.
+    pub in_fin_wait2_now: u64,
+    pub in_time_wait_now: u64,
+    /// The ended ones seen, by their last substate: whether the connection
+    /// reached TIME_WAIT or expired in FIN_WAIT2. Those never seen are
+    /// `total.unobserved`.
+    pub ended_in: Reached,
     pub total: Ends,
     pub by_process: Ranked<ProcessEnds, Ends>,
 }
@@ -290,9 +297,10 @@ pub struct Report {
     pub transitions: Vec<TransitionCount>,
     pub losses: Losses,
     /// Growth of the kernel's TcpExt TIME_WAIT counters (TW, TWKilled,
-    /// TWRecycled, TCPTimeWaitOverflow) over the session, in tcpstate's
-    /// own network namespace; to set beside what tcpstate measured.
-    pub tcpext: std::collections::BTreeMap<String, u64>,
+    /// TWRecycled, TCPTimeWaitOverflow), per network namespace: tcpstate's
+    /// own, and each one traced sockets live in; to set beside what
+    /// tcpstate measured.
+    pub tcpext: Vec<super::counters::NamespaceTcpExt>,
 }
 
 fn ranked<K, V, R>(table: &CappedTable<K, V>, n: usize, row: impl Fn(K, V) -> R) -> Ranked<R, V>
@@ -329,6 +337,9 @@ impl Report {
             timewait_ends: agg.follows_timewait.map(|sources| TimewaitEnds {
                 mode: sources.describe(),
                 in_timewait_now: agg.in_timewait,
+                in_fin_wait2_now: agg.in_substate[0],
+                in_time_wait_now: agg.in_substate[1],
+                ended_in: agg.ended_in,
                 total: agg.timewait_ends,
                 by_process: ranked(&agg.timewait_ends_by_process, top, |k, ends| {
                     let (pid, comm) = process(k);

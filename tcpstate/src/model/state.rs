@@ -49,6 +49,36 @@ impl fmt::Display for TcpState {
     }
 }
 
+/// The error a socket closed with (`sk_err`): a reset or a timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockError(pub u8);
+
+impl SockError {
+    /// The errno's name, for the errors TCP closes a socket with.
+    pub fn name(self) -> std::borrow::Cow<'static, str> {
+        let name = match i32::from(self.0) {
+            libc::ECONNRESET => "ECONNRESET",
+            libc::ECONNREFUSED => "ECONNREFUSED",
+            libc::ETIMEDOUT => "ETIMEDOUT",
+            libc::EPIPE => "EPIPE",
+            libc::ECONNABORTED => "ECONNABORTED",
+            libc::EHOSTUNREACH => "EHOSTUNREACH",
+            libc::ENETUNREACH => "ENETUNREACH",
+            libc::EHOSTDOWN => "EHOSTDOWN",
+            libc::ENETDOWN => "ENETDOWN",
+            libc::EPROTO => "EPROTO",
+            other => return format!("errno {other}").into(),
+        };
+        name.into()
+    }
+}
+
+impl fmt::Display for SockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.name())
+    }
+}
+
 /// Which side closed the connection (docs/ARCHITECTURE.md, "Close side"):
 /// the ABI's enum, whose rules both sides apply.
 pub use abi::CloseSide;

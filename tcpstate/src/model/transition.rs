@@ -11,7 +11,7 @@ use tcpstate_ebpf::{self as abi, RecordFlags};
 use super::{
     cgroup::Cgroup,
     socket::FourTuple,
-    state::{CloseSide, TcpState},
+    state::{CloseSide, SockError, TcpState},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -114,6 +114,8 @@ pub struct Transition {
     pub seen_from_start: bool,
     pub owner: Option<Owner>,
     pub close: Option<CloseSide>,
+    /// At CLOSE: the error a reset or a timeout closed the socket with.
+    pub error: Option<SockError>,
     /// Inode of the socket's network namespace; 0 when unknown.
     pub netns: u32,
     /// The kernel skipped some of this socket's transitions just before
@@ -125,12 +127,18 @@ pub struct Transition {
 }
 
 impl Transition {
-    /// Whether this is a connection entering TIME_WAIT: the active (or
-    /// simultaneous) closer's full socket handing over to a timewait socket
-    /// (docs/ARCHITECTURE.md, "Timewait sockets"). The rule is the kernel
-    /// program's, shared through the ABI crate.
+    /// Whether this is a connection handed over to a timewait socket (in
+    /// TIME_WAIT, or in FIN_WAIT2 while the peer has not closed): the
+    /// active (or simultaneous) closer's full socket closing from a FIN
+    /// state without an error (docs/ARCHITECTURE.md, "Timewait sockets").
+    /// The rule is the kernel program's, shared through the ABI crate.
     pub fn enters_time_wait(&self) -> bool {
-        abi::hands_over_to_timewait(self.old.0, self.new.0, self.close.map_or(abi::CLOSE_UNKNOWN, u8::from))
+        abi::hands_over_to_timewait(
+            self.old.0,
+            self.new.0,
+            self.close.map_or(abi::CLOSE_UNKNOWN, u8::from),
+            self.error.map_or(0, |e| e.0),
+        )
     }
 
     /// A connection (not a listener) reaching CLOSE.
@@ -176,6 +184,7 @@ impl Transition {
             seen_from_start: flags.contains(RecordFlags::FROM_START),
             owner,
             close: CloseSide::try_from(raw.close).ok(),
+            error: (raw.error != 0).then_some(SockError(raw.error)),
             netns: raw.netns,
             gap: flags.contains(RecordFlags::GAP).then_some(TcpState(raw.last_state)),
             cgroup: None,
@@ -214,7 +223,8 @@ pub(crate) mod tests {
             flags: abi::FLAG_OWNER_KNOWN | abi::FLAG_FROM_START,
             netns: 4026531840,
             last_state: abi::TCP_ESTABLISHED,
-            _pad: [0; 4],
+            error: 0,
+            _pad: [0; 3],
         }
     }
 

@@ -191,6 +191,9 @@ impl<W: Write> Sink for JsonSink<W> {
             })
             .raw(",\"close\":")
             .quoted(t.close.map(|c| c.name()))
+            .raw(",\"error\":")
+            .quoted(t.error.map(|e| e.name()).as_deref())
+            .raw(if t.enters_time_wait() { ",\"handover\":true" } else { ",\"handover\":false" })
             .raw(if t.gap.is_some() { ",\"gap\":true" } else { ",\"gap\":false" })
             .raw(",\"last_seen_state\":")
             .quoted(t.gap.map(TcpState::name))
@@ -354,7 +357,7 @@ mod tests {
             "in_old_state_ns": 1_500_000,
             "pid": 4242, "comm": "curl", "owner_from_listener": false, "owner_at_start": false,
             "cgroup": null, "container": null,
-            "close": "active",
+            "close": "active", "error": null, "handover": false,
             "gap": false, "last_seen_state": null,
         });
         assert_eq!(rows[0], expected);

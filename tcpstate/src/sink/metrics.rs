@@ -348,7 +348,7 @@ impl Collector for Shared {
         {
             let mut m = e.encode_descriptor(
                 "time_wait_entries",
-                "Connections that entered TIME_WAIT, by container and process name of their active closer",
+                "Connections handed to a timewait socket (TIME_WAIT, or FIN_WAIT2 until the peer's FIN), by container and process name of their active closer",
                 None,
                 MetricType::Counter,
             )?;

@@ -16,6 +16,11 @@ fn container(label: &Option<std::sync::Arc<str>>) -> String {
     label.as_deref().unwrap_or("-").to_string()
 }
 
+/// "1 connection", "2 connections".
+fn connections(n: u64) -> String {
+    if n == 1 { "1 connection".into() } else { format!("{n} connections") }
+}
+
 fn ms(ns: u64) -> String {
     format!("{:.3}", ns as f64 / 1e6)
 }
@@ -42,13 +47,17 @@ fn sides_row(out: &mut impl Write, key: &str, s: &Sides) -> fmt::Result {
     writeln!(out, "  {key:<38} {:>9} {:>9} {:>9} {:>9}", s.active, s.passive, s.simultaneous, s.reset)
 }
 
+fn sides_header(out: &mut impl Write, header: &str) -> fmt::Result {
+    writeln!(out, "  {header:<38} {:>9} {:>9} {:>9} {:>9}", "ACTIVE", "PASSIVE", "SIMULT", "RESET")
+}
+
 fn sides_table<R>(
     out: &mut impl Write,
     header: &str,
     table: &Ranked<R, Sides>,
     row: impl Fn(&R) -> (String, Sides),
 ) -> fmt::Result {
-    writeln!(out, "  {header:<38} {:>9} {:>9} {:>9} {:>9}", "ACTIVE", "PASSIVE", "SIMULT", "RESET")?;
+    sides_header(out, header)?;
     for r in &table.rows {
         let (key, sides) = row(r);
         sides_row(out, &key, &sides)?;
@@ -76,8 +85,8 @@ pub fn render(out: &mut impl Write, r: &Report) -> fmt::Result {
     let tw = &r.time_wait;
     writeln!(
         out,
-        "TIME_WAIT producers: {} connections entered TIME_WAIT, held by their active closer",
-        tw.total
+        "TIME_WAIT producers: {} handed to a timewait socket by their active closer (TIME_WAIT, or FIN_WAIT2 until the peer's FIN)",
+        connections(tw.total)
     )?;
     count_table(out, "PID      COMM", &tw.by_process, |p| {
         let (pid, comm) = owner(p.pid, &p.comm);
@@ -96,8 +105,19 @@ pub fn render(out: &mut impl Write, r: &Report) -> fmt::Result {
         let t = &ends.total;
         writeln!(
             out,
-            "\nTimewait sockets followed ({}): {} still in one; ended: expired {}, reused {}, killed {}, unobserved {}",
-            ends.mode, ends.in_timewait_now, t.expired, t.reused, t.killed, t.unobserved
+            "\nTimewait sockets followed ({}): now {} in FIN_WAIT2, {} in TIME_WAIT",
+            ends.mode, ends.in_fin_wait2_now, ends.in_time_wait_now
+        )?;
+        writeln!(
+            out,
+            "  ended after reaching TIME_WAIT {}, in FIN_WAIT2 (the peer's FIN never came) {}, \
+             never seen {} (gone before a poll found it, or not made: tcp_max_tw_buckets)",
+            ends.ended_in.time_wait, ends.ended_in.fin_wait2, t.unobserved
+        )?;
+        writeln!(
+            out,
+            "  ended by: expiry {}, reuse of the 4-tuple {}, kill (RST) {}, unobserved {}",
+            t.expired, t.reused, t.killed, t.unobserved
         )?;
         if !ends.by_process.rows.is_empty() {
             writeln!(
@@ -124,10 +144,11 @@ pub fn render(out: &mut impl Write, r: &Report) -> fmt::Result {
     let c = &r.closes;
     writeln!(
         out,
-        "\nCloses by side: {} connections ({} without a side: failed connects)",
-        c.total.total() + c.unknown,
+        "\nCloses by side: {} ({} without a side: failed connects)",
+        connections(c.total.total() + c.unknown),
         c.unknown
     )?;
+    sides_header(out, "")?;
     sides_row(out, "all", &c.total)?;
     sides_table(out, "PID      COMM", &c.by_process, |p| {
         let (pid, comm) = owner(p.pid, &p.comm);
@@ -184,11 +205,23 @@ pub fn render(out: &mut impl Write, r: &Report) -> fmt::Result {
         l.sockets_with_missed_transitions, l.sockets_evicted
     )?;
     if !r.tcpext.is_empty() {
-        write!(out, "Kernel TcpExt counters over the session (tcpstate's namespace):")?;
-        for (k, v) in &r.tcpext {
-            write!(out, " {k} +{v}")?;
+        writeln!(
+            out,
+            "Kernel TcpExt counters over the session, per network namespace \
+             (TW, TWKilled: timewait sockets made with a timer over 4 s, and of 4 s or less):"
+        )?;
+        for ns in &r.tcpext {
+            let whose = match (ns.own, ns.since_start) {
+                (true, _) => " (tcpstate's)",
+                (false, true) => "",
+                (false, false) => " (since its first traced transition)",
+            };
+            write!(out, "  {:<20}", format!("net:[{}]{whose}", ns.netns))?;
+            for (k, v) in &ns.counters {
+                write!(out, " {k} +{v}")?;
+            }
+            writeln!(out)?;
         }
-        writeln!(out)?;
     }
     writeln!(out, "Covers {:.1} s.", r.elapsed_s)
 }
@@ -213,7 +246,8 @@ mod tests {
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "TIME_WAIT producers: 3 connections entered TIME_WAIT, held by their active closer"
+            "TIME_WAIT producers: 3 connections handed to a timewait socket by their active closer \
+             (TIME_WAIT, or FIN_WAIT2 until the peer's FIN)"
         );
         assert!(lines[2].starts_with("  7        nginx") && lines[2].ends_with(" 3"), "{}", lines[2]);
         let fields = |prefix: &str| -> Vec<&str> {
@@ -221,6 +255,13 @@ mod tests {
             line.split_whitespace().collect()
         };
         assert_eq!(fields("all"), ["all", "3", "0", "0", "0"]);
+        let all = lines.iter().position(|l| l.trim_start().starts_with("all")).unwrap();
+        assert!(
+            lines[all - 1].trim_start().starts_with("ACTIVE"),
+            "its header is above it: {}",
+            lines[all - 1]
+        );
+        assert!(text.contains("Closes by side: 3 connections"), "{text}");
         let fin1 = fields("FIN_WAIT1");
         assert_eq!(fin1[1], "3");
         assert!(fin1[3].starts_with("2.0"), "{fin1:?}");

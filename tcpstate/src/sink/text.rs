@@ -86,6 +86,10 @@ pub fn format_line(
 }
 
 fn end_of_line(out: &mut impl std::fmt::Write, t: &Transition) -> std::fmt::Result {
+    if let Some(error) = t.error {
+        // Closed by a reset or a timeout, not by the FIN exchange.
+        write!(out, " [{error}]")?;
+    }
     match t.gap {
         // The kernel skipped transitions between these two states.
         Some(seen) => writeln!(out, " [missed transitions after {seen}]"),
@@ -201,6 +205,18 @@ mod tests {
             ),
             "{line}"
         );
+    }
+
+    #[test]
+    fn a_close_by_error_is_named() {
+        let mut raw = raw_event();
+        (raw.oldstate, raw.newstate, raw.error) =
+            (tcpstate_ebpf::TCP_FIN_WAIT1, tcpstate_ebpf::TCP_CLOSE, 104);
+        let t = Transition::from_raw(&raw);
+        assert!(!t.enters_time_wait(), "a reset after close() makes no timewait socket");
+        let mut line = String::new();
+        format_line(&mut line, &t, &Clock::with_offset(0), address_width(true), false).unwrap();
+        assert!(line.ends_with("FIN_WAIT1    -> CLOSE             1.500 active [ECONNRESET]\n"), "{line}");
     }
 
     #[test]

@@ -175,7 +175,8 @@ fn lookup() -> anyhow::Result<KernelBtf> {
         net_inum: btf.offset_of("net", "ns.inum")?,
         // Optional: without it, sockets from before the start stay unowned.
         cookie: btf.offset_of("sock", "__sk_common.skc_cookie").unwrap_or(0),
-        _pad: 0,
+        // Optional: without it, a reset after close() looks like a handover.
+        err: btf.offset_of("sock", "sk_err").unwrap_or(0),
     };
     Ok(KernelBtf {
         sock,
@@ -238,6 +239,7 @@ mod tests {
             ("sock", "__sk_common.skc_family"),
             ("sock", "sk_protocol"),
             ("sock", "__sk_common.skc_cookie"),
+            ("sock", "sk_err"),
             ("inet_timewait_sock", "tw_substate"),
         ] {
             let (_, want) = full.offset_of(full.id_of(ty).unwrap(), path).unwrap();

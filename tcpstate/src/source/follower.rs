@@ -4,9 +4,6 @@
 
 use std::{
     collections::HashMap,
-    fs,
-    os::unix::fs::MetadataExt as _,
-    path::Path,
     time::{Duration, Instant},
 };
 
@@ -56,26 +53,6 @@ pub struct Follower {
     cost: PollCost,
 }
 
-fn inode(path: &Path) -> Option<u32> {
-    fs::metadata(path).ok().and_then(|m| u32::try_from(m.ino()).ok())
-}
-
-/// A path to enter the namespace with inode `netns`: a name under
-/// /run/netns, or any process living in it.
-fn find_netns(netns: u32) -> Option<Netns> {
-    let named = fs::read_dir("/run/netns").into_iter().flatten().flatten().map(|e| e.path());
-    if let Some(path) = named.into_iter().find(|p| inode(p) == Some(netns)) {
-        return Some(Netns::Path(path));
-    }
-    let want = format!("net:[{netns}]");
-    fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .map(|e| e.path().join("ns/net"))
-        .find(|p| fs::read_link(p).is_ok_and(|l| l.as_os_str() == want.as_str()))
-        .map(Netns::Path)
-}
-
 /// The sock_diag socket for namespace `netns`, opened on first use; `None`
 /// (remembered) if the namespace cannot be entered.
 fn open_diag(
@@ -87,7 +64,7 @@ fn open_diag(
         .entry(netns)
         .or_insert_with(|| {
             // 0: the program could not tell (no BTF); assume ours.
-            let ns = if netns == 0 || netns == own_netns { Some(Netns::Current) } else { find_netns(netns) };
+            let ns = Netns::of_inode(netns, own_netns);
             let diag =
                 ns.and_then(|ns| SockDiag::open(&ns).map_err(|e| log::warn!("netns {netns}: {e:#}")).ok());
             if diag.is_none() {
@@ -104,7 +81,7 @@ impl Follower {
         Self {
             tracker: Tracker::new(following.capacity, sources),
             diags: HashMap::new(),
-            own_netns: inode(Path::new("/proc/self/ns/net")).unwrap_or(0),
+            own_netns: Netns::own_inode(),
             interval: following.poll,
             next_poll: Instant::now(),
             ports: following.ports.clone(),

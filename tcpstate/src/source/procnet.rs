@@ -5,10 +5,11 @@
 
 use std::{collections::BTreeMap, fs, path::Path};
 
+use super::sockdiag::Netns;
 use crate::model::{
     census::{Owners, SocketOwner},
     cgroup::Cgroup,
-    counters::ProcessUsage,
+    counters::{NamespaceTcpExt, ProcessUsage},
     transition::Comm,
 };
 
@@ -51,6 +52,132 @@ pub fn parse_tcpext(netstat: &str) -> BTreeMap<String, u64> {
 pub fn tcpext() -> BTreeMap<String, u64> {
     let all = parse_tcpext(&fs::read_to_string("/proc/net/netstat").unwrap_or_default());
     all.into_iter().filter(|(k, _)| TCPEXT_KEYS.contains(&k.as_str())).collect()
+}
+
+/// The TcpExt counters of a namespace: read in it, by a helper thread
+/// (`/proc/thread-self/net` is the namespace of the thread that reads it).
+fn tcpext_in(netns: &Netns) -> Option<BTreeMap<String, u64>> {
+    let read = || -> anyhow::Result<String> { Ok(fs::read_to_string("/proc/thread-self/net/netstat")?) };
+    let text = netns.run(read).ok()?;
+    let all = parse_tcpext(&text);
+    Some(all.into_iter().filter(|(k, _)| TCPEXT_KEYS.contains(&k.as_str())).collect())
+}
+
+/// Namespaces whose counters are read, at most: a reading enters each.
+const MAX_WATCHED: usize = 64;
+
+/// How the TcpExt counters move, over the session, in tcpstate's namespace
+/// and in each namespace the traced sockets live in: TcpExt is per
+/// namespace, and the traffic is often not in tcpstate's. Baselines are
+/// read at start for the namespaces that exist then (the kernel counts a
+/// timewait socket when it makes it, before its connection's first
+/// transition reaches userspace); a namespace made later starts at zero.
+pub struct TcpExtWatch {
+    own: u32,
+    /// `None`: seen, but not read (no way in, or past [`MAX_WATCHED`]).
+    namespaces: BTreeMap<u32, Option<Watched>>,
+    /// Namespaces that existed at start, with their baselines if read.
+    at_start: BTreeMap<u32, Option<Watched>>,
+    last_seen: u32,
+}
+
+struct Watched {
+    netns: Netns,
+    baseline: BTreeMap<String, u64>,
+    since_start: bool,
+    /// The last reading, kept for a namespace that has gone since.
+    last: std::cell::RefCell<BTreeMap<String, u64>>,
+}
+
+impl Watched {
+    fn new(netns: Netns, baseline: BTreeMap<String, u64>, since_start: bool) -> Self {
+        Self { netns, baseline, since_start, last: Default::default() }
+    }
+}
+
+/// Every network namespace now: those of processes and those named
+/// under /run/netns, by inode, each with a path to enter it by.
+fn namespaces_now() -> BTreeMap<u32, std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut found = BTreeMap::new();
+    for entry in fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+        if let Ok(meta) = fs::metadata(entry.path()) {
+            found.entry(meta.ino() as u32).or_insert(entry.path());
+        }
+    }
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let path = entry.path().join("ns/net");
+        let Ok(link) = fs::read_link(&path) else { continue };
+        let inode = link.to_str().and_then(|l| l.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok());
+        if let Some(inode) = inode {
+            found.entry(inode).or_insert(path);
+        }
+    }
+    found
+}
+
+impl TcpExtWatch {
+    /// Takes the baselines of the namespaces that exist now.
+    pub fn start() -> Self {
+        let own = Netns::own_inode();
+        let own_watched = Watched::new(Netns::Current, tcpext(), true);
+        let mut read = 0;
+        let at_start = namespaces_now()
+            .into_iter()
+            .filter(|&(inode, _)| inode != own)
+            .map(|(inode, path)| {
+                let netns = Netns::Path(path);
+                let watched = (read < MAX_WATCHED).then(|| tcpext_in(&netns)).flatten();
+                read += usize::from(watched.is_some());
+                (inode, watched.map(|baseline| Watched::new(netns, baseline, true)))
+            })
+            .collect();
+        Self { own, namespaces: BTreeMap::from([(own, Some(own_watched))]), at_start, last_seen: own }
+    }
+
+    /// A traced socket lives in `netns`: its counters are read from now on.
+    pub fn see(&mut self, netns: u32) {
+        let netns = if netns == 0 { self.own } else { netns };
+        if netns == self.last_seen {
+            return;
+        }
+        self.last_seen = netns;
+        if self.namespaces.contains_key(&netns) {
+            return;
+        }
+        let watched = match self.at_start.remove(&netns) {
+            Some(Some(from_start)) => Some(from_start),
+            // There at start, but not read then: from now on.
+            Some(None) => Netns::of_inode(netns, self.own)
+                .and_then(|path| Some(Watched::new(path.clone(), tcpext_in(&path)?, false))),
+            // Made since the start: its counters started at zero.
+            None => Netns::of_inode(netns, self.own).map(|path| Watched::new(path, BTreeMap::new(), true)),
+        };
+        let reading = self.namespaces.values().filter(|w| w.is_some()).count() < MAX_WATCHED;
+        self.namespaces.insert(netns, watched.filter(|_| reading));
+    }
+
+    /// How each namespace's counters moved, tcpstate's first.
+    pub fn readings(&self) -> Vec<NamespaceTcpExt> {
+        let mut out: Vec<_> = self
+            .namespaces
+            .iter()
+            .filter_map(|(&netns, w)| {
+                let w = w.as_ref()?;
+                let now = match &w.netns {
+                    Netns::Current => Some(tcpext()),
+                    path => tcpext_in(path),
+                };
+                if let Some(now) = now {
+                    *w.last.borrow_mut() = now;
+                }
+                let counters = delta(&w.baseline, &w.last.borrow());
+                Some(NamespaceTcpExt { netns, own: netns == self.own, since_start: w.since_start, counters })
+            })
+            .collect();
+        out.sort_by_key(|n| (!n.own, n.netns));
+        out
+    }
 }
 
 /// Full TCP sockets allocated on the whole host, every namespace included

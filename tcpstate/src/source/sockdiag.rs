@@ -142,6 +142,31 @@ impl Netns {
         Ok(netns)
     }
 
+    /// Inode of this process's network namespace (0 if unreadable).
+    pub fn own_inode() -> u32 {
+        inode(Path::new("/proc/self/ns/net")).unwrap_or(0)
+    }
+
+    /// A way into the namespace with inode `netns`: this one (also for 0,
+    /// a socket whose namespace the program could not read), a name under
+    /// /run/netns, or any process living in it. `None` if none is found.
+    pub fn of_inode(netns: u32, own: u32) -> Option<Self> {
+        if netns == 0 || netns == own {
+            return Some(Self::Current);
+        }
+        let named = std::fs::read_dir("/run/netns").into_iter().flatten().flatten().map(|e| e.path());
+        if let Some(path) = named.into_iter().find(|p| inode(p) == Some(netns)) {
+            return Some(Self::Path(path));
+        }
+        let want = format!("net:[{netns}]");
+        std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .map(|e| e.path().join("ns/net"))
+            .find(|p| std::fs::read_link(p).is_ok_and(|l| l.as_os_str() == want.as_str()))
+            .map(Self::Path)
+    }
+
     /// Runs `f` in this namespace: on a helper thread that enters it, so
     /// the caller's namespace never changes. Sockets made there stay there.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
@@ -160,6 +185,11 @@ impl Netns {
             .map_err(|_| anyhow!("namespace helper thread panicked"))?
         })
     }
+}
+
+fn inode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).ok().and_then(|m| u32::try_from(m.ino()).ok())
 }
 
 pub struct SockDiag {

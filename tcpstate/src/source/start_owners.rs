@@ -56,10 +56,10 @@ pub fn scan(selected_cgroups: &[PathBuf]) -> StartOwners {
             namespaces.entry(netns).or_insert(holder.pid);
         }
     }
-    let own_netns = fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino() as u32);
+    let own_netns = Netns::own_inode();
     let mut found = StartOwners::default();
     for (netns, pid) in namespaces {
-        let entered = if Some(netns) == own_netns {
+        let entered = if netns == own_netns {
             Netns::Current
         } else {
             Netns::Path(PathBuf::from(format!("/proc/{pid}/ns/net")))

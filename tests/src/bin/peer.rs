@@ -81,6 +81,11 @@ enum CloseMode {
     Abort,
     /// Shut down while the peer does too, so both FINs cross
     Simultaneous,
+    /// Shut down writing (FIN_WAIT2 with the socket still open), then read
+    /// until the peer's FIN or reset, then close
+    HalfClose,
+    /// Read until the peer's FIN, then close with an RST (SO_LINGER 0)
+    AbortSecond,
 }
 
 fn enter_netns(name: &str) -> anyhow::Result<()> {
@@ -148,6 +153,17 @@ fn finish(mut s: TcpStream, mode: CloseMode, hold: Duration) -> io::Result<()> {
         }
         CloseMode::Simultaneous => {
             simultaneous(&mut s)?;
+            drop(s);
+        }
+        CloseMode::HalfClose => {
+            s.shutdown(Shutdown::Write)?;
+            drain_until_eof(&mut s)?;
+            drop(s);
+        }
+        CloseMode::AbortSecond => {
+            drain_until_eof(&mut s)?;
+            sleep(hold);
+            socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
             drop(s);
         }
     }
