@@ -127,7 +127,7 @@ fn fixed_scenario_counts_sides_and_time_wait_producers() {
     let tcpext = report["tcpext"].as_array().unwrap();
     let ours = tcpext.iter().find(|n| n["netns"] == netns).unwrap_or_else(|| panic!("{tcpext:#?}"));
     let keys: Vec<&str> = ours["counters"].as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(keys, ["TCPTimeWaitOverflow", "TW", "TWKilled", "TWRecycled"]);
+    assert_eq!(keys, ["TCPAbortOnData", "TCPTimeWaitOverflow", "TW", "TWKilled", "TWRecycled"]);
     assert_eq!(ours["counters"]["TW"], 30, "{ours:#}");
     assert_eq!(ours["counters"]["TWKilled"], 0, "{ours:#}");
     assert_eq!(ours["since_start"], true, "{ours:#}");

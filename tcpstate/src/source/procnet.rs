@@ -33,8 +33,10 @@ pub fn self_usage() -> ProcessUsage {
     ProcessUsage { cpu_seconds, rss_bytes: pages * page }
 }
 
-/// The TcpExt counters that bear on TIME_WAIT.
-pub const TCPEXT_KEYS: [&str; 4] = ["TW", "TWKilled", "TWRecycled", "TCPTimeWaitOverflow"];
+/// The TcpExt counters that bear on TIME_WAIT, and on closes that make no
+/// timewait socket though they look like a handover (`TCPAbortOnData`:
+/// data after `close()`, answered with a reset).
+pub const TCPEXT_KEYS: [&str; 5] = ["TW", "TWKilled", "TWRecycled", "TCPTimeWaitOverflow", "TCPAbortOnData"];
 
 /// Parses the `TcpExt:` header and value lines of /proc/net/netstat.
 pub fn parse_tcpext(netstat: &str) -> BTreeMap<String, u64> {
@@ -50,7 +52,10 @@ pub fn parse_tcpext(netstat: &str) -> BTreeMap<String, u64> {
 
 /// The TIME_WAIT-related TcpExt counters now, in this thread's namespace.
 pub fn tcpext() -> BTreeMap<String, u64> {
-    let all = parse_tcpext(&fs::read_to_string("/proc/net/netstat").unwrap_or_default());
+    of_interest(parse_tcpext(&fs::read_to_string("/proc/net/netstat").unwrap_or_default()))
+}
+
+fn of_interest(all: BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     all.into_iter().filter(|(k, _)| TCPEXT_KEYS.contains(&k.as_str())).collect()
 }
 
@@ -59,8 +64,7 @@ pub fn tcpext() -> BTreeMap<String, u64> {
 fn tcpext_in(netns: &Netns) -> Option<BTreeMap<String, u64>> {
     let read = || -> anyhow::Result<String> { Ok(fs::read_to_string("/proc/thread-self/net/netstat")?) };
     let text = netns.run(read).ok()?;
-    let all = parse_tcpext(&text);
-    Some(all.into_iter().filter(|(k, _)| TCPEXT_KEYS.contains(&k.as_str())).collect())
+    Some(of_interest(parse_tcpext(&text)))
 }
 
 /// Namespaces whose counters are read, at most: a reading enters each.
