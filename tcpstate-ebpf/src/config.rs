@@ -17,6 +17,8 @@ bitflags! {
         const COMM = 16;
         /// The owner was under one of the `CGROUPS` when it was captured.
         const CGROUP = 32;
+        /// The socket's network namespace is in `NAMESPACES`.
+        const NETNS = 64;
     }
 }
 
@@ -54,6 +56,11 @@ pub const FILTER_PORT: u8 = FilterSet::PORT.bits();
 pub const FILTER_PID: u8 = FilterSet::PID.bits();
 pub const FILTER_COMM: u8 = FilterSet::COMM.bits();
 pub const FILTER_CGROUP: u8 = FilterSet::CGROUP.bits();
+pub const FILTER_NETNS: u8 = FilterSet::NETNS.bits();
+/// Entries of the `NAMESPACES` filter map (`--netns`, repeatable).
+pub const MAX_NAMESPACES: u32 = 64;
+/// Slots of the `PORTS` array: one per port, so that ranges cost nothing.
+pub const PORT_SLOTS: u32 = 65536;
 /// Slots of the `CGROUPS` array (`--cgroup`, repeatable).
 pub const MAX_CGROUPS: u32 = 8;
 pub const PORT_AS_LOCAL: u8 = PortRoles::LOCAL.bits();
@@ -202,6 +209,7 @@ pub const MAP_PORTS: &str = "PORTS";
 pub const MAP_PIDS: &str = "PIDS";
 pub const MAP_COMMS: &str = "COMMS";
 pub const MAP_CGROUPS: &str = "CGROUPS";
+pub const MAP_NAMESPACES: &str = "NAMESPACES";
 pub const MAP_STATE_TIME: &str = "STATE_TIME";
 pub const MAP_GAUGES: &str = "GAUGES";
 pub const GLOBAL_CONFIG: &str = "CONFIG";

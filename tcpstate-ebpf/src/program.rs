@@ -12,7 +12,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
     },
     macros::{fentry, map, tracepoint},
-    maps::{CgroupArray, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, CgroupArray, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
@@ -47,8 +47,13 @@ static RECORD: PerCpuArray<[u8; RECORD_SCRATCH_LEN]> = PerCpuArray::with_max_ent
 /// 512-byte stack, which 6.1's verifier finds too deep otherwise.
 #[map]
 static SCRATCH: PerCpuArray<SockRecord> = PerCpuArray::with_max_entries(1, 0);
+/// Port → its `PortRoles`: an array, one byte per port, so that a range of
+/// ports is as cheap as one.
 #[map]
-static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
+static PORTS: Array<u8> = Array::with_max_entries(PORT_SLOTS, 0);
+/// `--netns`: the namespaces (inodes) to report.
+#[map]
+static NAMESPACES: HashMap<u32, u8> = HashMap::with_max_entries(MAX_NAMESPACES, 0);
 #[map]
 static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
@@ -351,9 +356,11 @@ fn report_timewait(tw: u64, hook: u8, timeo: u32) {
     let dport = u16::from_be(read(tw + u64::from(off.dport)));
     // The owner filters need the full socket, which is gone: userspace
     // drops timewait sockets whose handover it did not see.
-    if cfg.filters & (FILTER_LPORT | FILTER_RPORT | FILTER_PORT) != 0 {
-        let rec = SockRecord { flags: FLAG_OWNER_KNOWN, ..SockRecord::default() };
-        if !selected(cfg.filters & (FILTER_LPORT | FILTER_RPORT | FILTER_PORT), sport, dport, &rec) {
+    let socket_filters = cfg.filters & (FILTER_LPORT | FILTER_RPORT | FILTER_PORT | FILTER_NETNS);
+    let netns = netns_of(tw, cfg.sock);
+    if socket_filters != 0 {
+        let rec = SockRecord { flags: FLAG_OWNER_KNOWN, netns, ..SockRecord::default() };
+        if !selected(socket_filters, sport, dport, &rec) {
             return;
         }
     }
@@ -368,7 +375,7 @@ fn report_timewait(tw: u64, hook: u8, timeo: u32) {
         twaddr: tw,
         saddr,
         daddr,
-        netns: netns_of(tw, cfg.sock),
+        netns,
         timeo,
         sport,
         dport,
@@ -484,9 +491,8 @@ fn netns_of(skaddr: u64, sock: SockOffsets) -> u32 {
 #[inline(always)]
 fn selected(filters: u8, sport: u16, dport: u16, rec: &SockRecord) -> bool {
     if filters & (FILTER_LPORT | FILTER_RPORT | FILTER_PORT) != 0 {
-        // SAFETY: read-only lookups of u8 values.
-        let local = unsafe { PORTS.get(sport) }.copied().unwrap_or(0);
-        let remote = unsafe { PORTS.get(dport) }.copied().unwrap_or(0);
+        let local = PORTS.get(u32::from(sport)).copied().unwrap_or(0);
+        let remote = PORTS.get(u32::from(dport)).copied().unwrap_or(0);
         if filters & FILTER_LPORT != 0 && local & PORT_AS_LOCAL == 0 {
             return false;
         }
@@ -496,6 +502,10 @@ fn selected(filters: u8, sport: u16, dport: u16, rec: &SockRecord) -> bool {
         if filters & FILTER_PORT != 0 && (local | remote) & PORT_AS_EITHER == 0 {
             return false;
         }
+    }
+    // SAFETY: a read-only lookup.
+    if filters & FILTER_NETNS != 0 && unsafe { NAMESPACES.get(rec.netns) }.is_none() {
+        return false;
     }
     let owner_known = rec.flags & FLAG_OWNER_KNOWN != 0;
     // SAFETY: read-only lookups.

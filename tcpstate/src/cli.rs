@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::source::tracer::TracerOptions;
+use crate::{model::filter::PortRange, source::tracer::TracerOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -75,9 +75,10 @@ pub struct CensusArgs {
     /// Network namespace: a name under /run/netns, or a path such as /proc/PID/ns/net
     #[arg(long, value_name = "NAME|PATH")]
     pub netns: Option<String>,
-    /// Only sockets with one of these ports at either end (filtered in the kernel)
-    #[arg(long, value_name = "PORTS", value_delimiter = ',', value_parser = parse_port)]
-    pub port: Vec<u16>,
+    /// Only sockets with one of these ports at either end: a comma list of
+    /// ports and ranges (80,8000-8099; filtered in the kernel)
+    #[arg(long, value_name = "PORTS", value_delimiter = ',', value_parser = PortRange::parse)]
+    pub port: Vec<PortRange>,
     /// Also count per local port, remote address, owning process, or its
     /// container / cgroup
     #[arg(long, value_enum)]
@@ -109,12 +110,33 @@ pub struct TraceArgs {
     #[command(flatten)]
     pub session: SessionArgs,
     /// JSON Lines output, one object per transition
-    #[arg(long)]
+    #[arg(long, conflicts_with = "csv")]
     pub json: bool,
+    /// CSV output with a header line, one row per transition (as BCC's -s)
+    #[arg(long)]
+    pub csv: bool,
     /// Text: add a CONTAINER column (the owner's container, systemd unit or
-    /// cgroup path; JSON always has them)
+    /// cgroup path; JSON and CSV always have them)
     #[arg(long)]
     pub container: bool,
+    /// Text: a first column with the time: `time` of day (the default),
+    /// `datetime`, or `elapsed` seconds since the tracer attached
+    #[arg(short = 'T', long, value_name = "KIND", num_args = 0..=1, default_missing_value = "time")]
+    pub timestamp: Option<TimestampKind>,
+    /// Text: address columns wide enough for any IPv6 address from the
+    /// start (else they widen when one comes)
+    #[arg(short, long)]
+    pub wide: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TimestampKind {
+    /// HH:MM:SS.ffffff (UTC)
+    Time,
+    /// YYYY-MM-DDTHH:MM:SS.ffffffZ
+    Datetime,
+    /// Seconds since the tracer attached
+    Elapsed,
 }
 
 #[derive(Debug, Args)]
@@ -146,7 +168,8 @@ pub struct ReportArgs {
     pub top: u16,
 }
 
-/// Filters, applied in the kernel. Lists are comma-separated or repeated.
+/// Filters, applied in the kernel. Lists are comma-separated or repeated;
+/// ports may be ranges (8000-8099).
 #[derive(Debug, Args)]
 pub struct FilterArgs {
     /// IPv4 only (v4-mapped addresses on IPv6 sockets count as IPv4)
@@ -155,15 +178,15 @@ pub struct FilterArgs {
     /// IPv6 only
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
-    /// Local ports
-    #[arg(long, value_name = "PORTS", value_delimiter = ',', value_parser = parse_port)]
-    pub lport: Vec<u16>,
-    /// Remote ports
-    #[arg(long, value_name = "PORTS", value_delimiter = ',', value_parser = parse_port)]
-    pub rport: Vec<u16>,
-    /// Ports at either end
-    #[arg(long, value_name = "PORTS", value_delimiter = ',', value_parser = parse_port)]
-    pub port: Vec<u16>,
+    /// Local ports: a comma list of ports and ranges (80,8000-8099)
+    #[arg(short = 'L', long, value_name = "PORTS", value_delimiter = ',', value_parser = PortRange::parse)]
+    pub lport: Vec<PortRange>,
+    /// Remote ports: a comma list of ports and ranges
+    #[arg(short = 'D', long, value_name = "PORTS", value_delimiter = ',', value_parser = PortRange::parse)]
+    pub rport: Vec<PortRange>,
+    /// Ports at either end: a comma list of ports and ranges
+    #[arg(long, value_name = "PORTS", value_delimiter = ',', value_parser = PortRange::parse)]
+    pub port: Vec<PortRange>,
     /// Owner pids (the process the socket is attributed to)
     #[arg(long, value_name = "PIDS", value_delimiter = ',', value_parser = parse_pid)]
     pub pid: Vec<u32>,
@@ -175,6 +198,11 @@ pub struct FilterArgs {
     /// up to 8
     #[arg(long, value_name = "PATH")]
     pub cgroup: Vec<std::path::PathBuf>,
+    /// Sockets in these network namespaces: names under /run/netns, paths
+    /// (/proc/PID/ns/net), or inode numbers (as events and `lsns -t net`
+    /// show them); comma list or repeated, up to 64
+    #[arg(long, value_name = "NAME|PATH|ID", value_delimiter = ',')]
+    pub netns: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -207,13 +235,6 @@ pub struct SessionArgs {
 pub enum TimewaitMode {
     Auto,
     SockDiag,
-}
-
-fn parse_port(s: &str) -> Result<u16, String> {
-    match s.trim().parse::<u16>() {
-        Ok(p) if p > 0 => Ok(p),
-        _ => Err(format!("'{s}' is not a port (1-65535)")),
-    }
 }
 
 fn parse_pid(s: &str) -> Result<u32, String> {

@@ -10,8 +10,16 @@ use tcpstate_ebpf::{self as abi, StreamSet};
 use crate::{
     UsageError,
     cli::{self, Cli, Command},
-    model::{census::GroupBy, filter::Filters, timewait::DEFAULT_CAPACITY, transition::Family},
-    sink::Format,
+    model::{
+        census::GroupBy,
+        filter::{Filters, PortRange},
+        timewait::DEFAULT_CAPACITY,
+        transition::Family,
+    },
+    sink::{
+        Format,
+        text::{TextOptions, Timestamp},
+    },
     source::{cgroup::cgroup_dir, follower::FollowerOptions, sockdiag::Netns, tracer::TracerOptions},
 };
 
@@ -61,10 +69,8 @@ impl Session {
 pub struct Trace {
     pub session: Session,
     pub format: Format,
-    /// Addresses are IPv4 only: narrower columns.
-    pub ipv4_only: bool,
-    /// Text: a last column with the owner's container or cgroup.
-    pub container_column: bool,
+    /// How text lines are laid out.
+    pub text: TextOptions,
 }
 
 /// How `stats` and `top` present the aggregate.
@@ -93,7 +99,7 @@ pub struct Census {
     /// What the output calls the namespace.
     pub netns_name: String,
     pub families: Vec<Family>,
-    pub ports: Vec<u16>,
+    pub ports: Vec<PortRange>,
     pub by: Option<GroupBy>,
     pub format: Format,
     pub watch: Option<Duration>,
@@ -147,6 +153,10 @@ fn filters(args: &cli::FilterArgs) -> anyhow::Result<Filters> {
         return Err(UsageError(format!("at most {} --cgroup", abi::MAX_CGROUPS)).into());
     }
     let cgroups = args.cgroup.iter().map(|p| cgroup_dir(p)).collect::<Result<_, _>>()?;
+    if args.netns.len() > abi::MAX_NAMESPACES as usize {
+        return Err(UsageError(format!("at most {} --netns", abi::MAX_NAMESPACES)).into());
+    }
+    let namespaces = args.netns.iter().map(|n| Netns::inode_of_arg(n)).collect::<anyhow::Result<_>>()?;
     Ok(Filters {
         family: family(args.ipv4, args.ipv6),
         lports: args.lport.clone(),
@@ -155,6 +165,7 @@ fn filters(args: &cli::FilterArgs) -> anyhow::Result<Filters> {
         pids: args.pid.clone(),
         comms: args.comm.clone(),
         cgroups,
+        namespaces,
     })
 }
 
@@ -192,9 +203,16 @@ impl Config {
         Ok(match cli.command {
             Command::Trace(args) => Self::Trace(Trace {
                 session: session(&args.filters, &args.session, false)?,
-                format: format(args.json),
-                ipv4_only: args.filters.ipv4,
-                container_column: args.container,
+                format: if args.csv { Format::Csv } else { format(args.json) },
+                text: TextOptions {
+                    timestamp: args.timestamp.map(|kind| match kind {
+                        cli::TimestampKind::Time => Timestamp::TimeOfDay,
+                        cli::TimestampKind::Datetime => Timestamp::DateTime,
+                        cli::TimestampKind::Elapsed => Timestamp::SinceStart,
+                    }),
+                    wide: args.wide && !args.filters.ipv4,
+                    container: args.container,
+                },
             }),
             Command::Stats(args) => Self::Report(report(&args, View::Final)?),
             Command::Top(top) => {
@@ -255,15 +273,15 @@ mod tests {
         };
         let f = &t.session.filters;
         assert_eq!(f.family, Some(Family::Ipv4));
-        assert_eq!(f.ports, [80, 443, 22]);
-        assert_eq!(f.lports, [8080]);
+        assert_eq!(f.ports, [80, 443, 22].map(PortRange::one));
+        assert_eq!(f.lports, [PortRange::one(8080)]);
         assert_eq!(f.comms, ["nginx"]);
         assert_eq!(t.session.ring_bytes, abi::DEFAULT_RING_BYTES);
         assert!(t.session.stream().is_empty(), "trace streams every transition");
         let following = t.session.following.as_ref().unwrap();
-        assert_eq!(following.ports, [22, 80, 443, 8080]);
+        assert_eq!(following.ports, [22, 80, 443, 8080].map(PortRange::one));
         assert!(following.exact_hooks);
-        assert!(t.ipv4_only);
+        assert_eq!(t.text, TextOptions::default(), "no time column, narrow addresses");
         assert_eq!(t.format, Format::Text);
     }
 

@@ -26,7 +26,11 @@ use std::{
 };
 
 use tcpstate::{
-    model::{filter::Filters, state::TcpState, transition::Transition},
+    model::{
+        filter::{Filters, PortRange},
+        state::TcpState,
+        transition::Transition,
+    },
     source::tracer::{Tracer, TracerOptions},
 };
 
@@ -162,6 +166,11 @@ pub fn required_program(test: &str, program: &str) -> Option<String> {
     }
     eprintln!("{test}: {program} is not installed: that part is skipped");
     None
+}
+
+/// Ports as a filter takes them: each a range of one.
+pub fn port_set(ports: &[u16]) -> Vec<PortRange> {
+    ports.iter().map(|&p| PortRange::one(p)).collect()
 }
 
 pub fn unique_port() -> u16 {

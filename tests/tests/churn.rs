@@ -28,7 +28,7 @@ fn memory_stays_bounded_over_100k_connections() {
             let ns = Netns::new("churn");
             let port = unique_port();
             let addr = format!("127.0.0.1:{port}");
-            let mut tracer = start_tracer(Filters { ports: vec![port], ..Default::default() });
+            let mut tracer = start_tracer(Filters { ports: port_set(&[port]), ..Default::default() });
             let mut agg = Aggregator::new(DEFAULT_TABLE_CAP, 1 << 18);
             let n = CONNECTIONS.to_string();
             // The server closes first, so its TIME_WAITs spread over every client port.

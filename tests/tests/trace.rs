@@ -4,14 +4,14 @@
 use std::collections::BTreeMap;
 
 use tcpstate::model::{
-    filter::Filters,
+    filter::{Filters, PortRange},
     state::{CloseSide, TcpState},
     transition::{Family, Transition},
 };
 use tcpstate_tests::*;
 
 fn ports(p: &[u16]) -> Filters {
-    Filters { ports: p.to_vec(), ..Default::default() }
+    Filters { ports: port_set(p), ..Default::default() }
 }
 
 /// Every transition of the life is attributed to `pid` with `comm`.
@@ -190,13 +190,15 @@ fn f_port_and_family_filters() {
         let (p4, p6) = (unique_port(), unique_port());
         let a4 = format!("127.0.0.1:{p4}");
         let a6 = format!("[::1]:{p6}");
-        let both = vec![p4, p6];
+        let both = port_set(&[p4, p6]);
+        let range = PortRange { first: p4.min(p6), last: p4.max(p6) };
         let mut tracers = [
             start_tracer(ports(&[p4])),
-            start_tracer(Filters { lports: vec![p4], ..Default::default() }),
-            start_tracer(Filters { rports: vec![p4], ..Default::default() }),
+            start_tracer(Filters { lports: port_set(&[p4]), ..Default::default() }),
+            start_tracer(Filters { rports: port_set(&[p4]), ..Default::default() }),
             start_tracer(Filters { family: Some(Family::Ipv6), ports: both.clone(), ..Default::default() }),
             start_tracer(Filters { family: Some(Family::Ipv4), ports: both.clone(), ..Default::default() }),
+            start_tracer(Filters { ports: vec![range], ..Default::default() }),
         ];
         for addr in [&a4, &a6] {
             let server = Peer::server(&ns, "tsp-fsrv", &["server", "--listen", addr, "--close", "second"]);
@@ -204,13 +206,17 @@ fn f_port_and_family_filters() {
             server.finish();
         }
         // Closed connections each tracer must see: both ports, or one.
-        let wanted = [2, 1, 1, 2, 2];
+        let wanted = [2, 1, 1, 2, 2, 2];
         let got: Vec<Collected> =
             tracers.iter_mut().zip(wanted).map(|(t, n)| collect(t, |e| closed_connections(e, n))).collect();
         let lost = got.iter().map(|c| c.lost).fold(Lost::default(), Lost::max);
         ((got.into_iter().map(|c| c.events).collect::<Vec<_>>(), p4, p6), lost)
     });
-    let [port, lport, rport, v6, v4] = <[Vec<Transition>; 5]>::try_from(got).unwrap();
+    let [port, lport, rport, v6, v4, range] = <[Vec<Transition>; 6]>::try_from(got).unwrap();
+    // A range holding both ports selects both connections, and nothing else.
+    assert!(closed_connections(&range, 2));
+    let in_range = |p: u16| (p4.min(p6)..=p4.max(p6)).contains(&p);
+    assert!(range.iter().all(|t| in_range(t.tuple.sport) || in_range(t.tuple.dport)), "{range:#?}");
     assert!(closed_connections(&port, 2));
     assert!(port.iter().all(|t| t.tuple.sport == p4 || t.tuple.dport == p4), "{port:#?}");
 
@@ -411,7 +417,7 @@ fn i_owners_of_sockets_from_before_the_start() {
         });
         assert!(established, "the early connection is not established");
         let server_pid = server.pid();
-        let filters = Filters { pids: vec![server_pid], ports: vec![port], ..Default::default() };
+        let filters = Filters { pids: vec![server_pid], ports: port_set(&[port]), ..Default::default() };
         let mut tracer = start_tracer(filters);
         early.go();
         early.finish();
@@ -477,4 +483,31 @@ fn i_listeners_are_told_apart_by_namespace() {
     for t in accepted {
         assert_eq!(t.owner.map(|o| o.pid), servers.get(&t.netns).copied(), "{t:?} (servers: {servers:?})");
     }
+}
+
+/// `--netns` selects sockets by namespace, in the kernel: the same port in
+/// another namespace stays out.
+#[test]
+fn j_netns_filter() {
+    let test = "j_netns_filter";
+    let (events, red_inode) = rerun_if_transitions_lost(test, || {
+        let (red_ns, blue_ns) = (Netns::new("j_red"), Netns::new("j_blue"));
+        let port = unique_port();
+        let addr = format!("127.0.0.1:{port}");
+        let filters =
+            Filters { ports: port_set(&[port]), namespaces: vec![red_ns.inode()], ..Default::default() };
+        let mut tracer = start_tracer(filters);
+        for ns in [&blue_ns, &red_ns] {
+            let server = Peer::server(ns, "tsp-j-srv", &["server", "--listen", &addr, "--close", "second"]);
+            Peer::spawn(ns, "tsp-j-cli", false, &["client", "--connect", &addr, "--close", "first"]).finish();
+            server.finish();
+        }
+        // The blue connection closed first: once red's two have closed,
+        // blue's would have been drained already.
+        let got = collect(&mut tracer, |e| closed_connections(e, 2));
+        ((got.events, red_ns.inode()), got.lost)
+    });
+    assert!(closed_connections(&events, 2), "{events:#?}");
+    assert!(events.iter().all(|t| t.netns == red_inode), "only the red namespace: {events:#?}");
+    assert_eq!(lives(&events).len(), 3, "red's two sockets and its listener: {events:#?}");
 }

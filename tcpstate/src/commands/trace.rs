@@ -6,28 +6,34 @@ use crate::{
     model::clock::Clock,
     session::{self, EndReason},
     sink::{
-        Format, Sink, is_closed_pipe,
+        Format, Sink,
+        csv::CsvSink,
+        is_closed_pipe,
         json::JsonSink,
         notices,
-        text::{TextSink, address_width},
+        text::{Layout, TextSink},
     },
 };
 
 pub async fn run(config: Trace, out: Output<'_>) -> anyhow::Result<()> {
     let mut session = session::start(&config.session)?;
     let clock = Clock::new();
-    let mut sink: Box<dyn Sink + '_> = match config.format {
-        Format::Json => Box::new(JsonSink::new(out.writer, clock)),
+    // Text and CSV start with a header, which may find stdout closed.
+    let started: std::io::Result<Box<dyn Sink + '_>> = match config.format {
+        Format::Json => Ok(Box::new(JsonSink::new(out.writer, clock))),
+        Format::Csv => CsvSink::new(out.writer, clock).map(|s| Box::new(s) as Box<dyn Sink>),
         Format::Text => {
-            match TextSink::new(out.writer, clock, address_width(config.ipv4_only), config.container_column) {
-                Ok(sink) => Box::new(sink),
-                Err(e) if is_closed_pipe(&e) => {
-                    (out.notices)(&notices::kernel_counters(&session.counters()?));
-                    return Ok(());
-                }
-                Err(e) => return Err(e.into()),
-            }
+            let layout = Layout::new(config.text, clock, Clock::monotonic_now_ns());
+            TextSink::new(out.writer, layout).map(|s| Box::new(s) as Box<dyn Sink>)
         }
+    };
+    let mut sink = match started {
+        Ok(sink) => sink,
+        Err(e) if is_closed_pipe(&e) => {
+            (out.notices)(&notices::kernel_counters(&session.counters()?));
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
     };
     (out.notices)(&notices::start_line(
         "Tracing TCP state transitions",

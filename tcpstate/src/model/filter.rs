@@ -7,18 +7,78 @@ use tcpstate_ebpf::{FilterSet, PortRoles};
 
 use super::transition::Family;
 
+/// Ports `first..=last`; one port is a range of one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn one(port: u16) -> Self {
+        Self { first: port, last: port }
+    }
+
+    pub fn ports(self) -> std::ops::RangeInclusive<u16> {
+        self.first..=self.last
+    }
+
+    /// `80` or `8000-8099`; ports are 1-65535.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let port = |p: &str| match p.trim().parse::<u16>() {
+            Ok(p) if p > 0 => Ok(p),
+            _ => Err(format!("'{s}' is not a port (1-65535) or a range of them (8000-8099)")),
+        };
+        let range = match s.split_once('-') {
+            Some((first, last)) => Self { first: port(first)?, last: port(last)? },
+            None => Self::one(port(s)?),
+        };
+        if range.first > range.last {
+            return Err(format!("'{s}': a range goes from low to high"));
+        }
+        Ok(range)
+    }
+
+    /// Sorted, with overlapping and adjacent ranges merged.
+    pub fn merged(mut ranges: Vec<Self>) -> Vec<Self> {
+        ranges.sort();
+        let mut out: Vec<Self> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            match out.last_mut() {
+                Some(last) if u32::from(r.first) <= u32::from(last.last) + 1 => {
+                    last.last = last.last.max(r.last)
+                }
+                _ => out.push(r),
+            }
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
 /// What to report; everything here is applied in the kernel.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filters {
     pub family: Option<Family>,
-    pub lports: Vec<u16>,
-    pub rports: Vec<u16>,
-    pub ports: Vec<u16>,
+    pub lports: Vec<PortRange>,
+    pub rports: Vec<PortRange>,
+    pub ports: Vec<PortRange>,
     /// The attributed owner's pid, never the task that happens to be current.
     pub pids: Vec<u32>,
     pub comms: Vec<String>,
     /// cgroup v2 directories: owners captured under one of them.
     pub cgroups: Vec<std::path::PathBuf>,
+    /// Network namespaces (inodes) the sockets must live in.
+    pub namespaces: Vec<u32>,
 }
 
 impl Filters {
@@ -31,10 +91,11 @@ impl Filters {
         set.set(FilterSet::PID, !self.pids.is_empty());
         set.set(FilterSet::COMM, !self.comms.is_empty());
         set.set(FilterSet::CGROUP, !self.cgroups.is_empty());
+        set.set(FilterSet::NETNS, !self.namespaces.is_empty());
         set
     }
 
-    /// Port → the roles it is selected for, as the `PORTS` map holds them.
+    /// Port → the roles it is selected for, as the `PORTS` array holds them.
     pub fn port_roles(&self) -> BTreeMap<u16, PortRoles> {
         let mut roles = BTreeMap::new();
         for (list, role) in [
@@ -42,17 +103,17 @@ impl Filters {
             (&self.rports, PortRoles::REMOTE),
             (&self.ports, PortRoles::EITHER),
         ] {
-            for &port in list {
+            for port in list.iter().flat_map(|r| r.ports()) {
                 *roles.entry(port).or_insert(PortRoles::empty()) |= role;
             }
         }
         roles
     }
 
-    /// The ports named in any role, sorted: what a sock_diag dump of the
+    /// The ports named in any role, merged: what a sock_diag dump of the
     /// same sockets keeps.
-    pub fn any_ports(&self) -> Vec<u16> {
-        self.port_roles().into_keys().collect()
+    pub fn any_ports(&self) -> Vec<PortRange> {
+        PortRange::merged(self.lports.iter().chain(&self.rports).chain(&self.ports).copied().collect())
     }
 }
 
@@ -60,14 +121,36 @@ impl Filters {
 mod tests {
     use super::*;
 
+    fn ports(list: &[u16]) -> Vec<PortRange> {
+        list.iter().map(|&p| PortRange::one(p)).collect()
+    }
+
     #[test]
     fn filter_bits_and_roles() {
-        let f = Filters { lports: vec![80], ports: vec![80, 443], pids: vec![1], ..Default::default() };
+        let f =
+            Filters { lports: ports(&[80]), ports: ports(&[80, 443]), pids: vec![1], ..Default::default() };
         assert_eq!(f.set(), FilterSet::LPORT | FilterSet::PORT | FilterSet::PID);
         let roles = f.port_roles();
         assert_eq!(roles[&80], PortRoles::LOCAL | PortRoles::EITHER);
         assert_eq!(roles[&443], PortRoles::EITHER);
         assert!(Filters::default().set().is_empty());
-        assert_eq!(f.any_ports(), [80, 443]);
+        assert_eq!(f.any_ports(), ports(&[80, 443]));
+    }
+
+    #[test]
+    fn port_ranges() {
+        let r = PortRange::parse("8000-8099").unwrap();
+        assert_eq!((r.first, r.last, r.to_string()), (8000, 8099, "8000-8099".to_string()));
+        assert_eq!(PortRange::parse("80").unwrap(), PortRange::one(80));
+        for bad in ["0", "70000", "90-80", "a-b", "-", "80-", ""] {
+            assert!(PortRange::parse(bad).is_err(), "{bad}");
+        }
+        let f = Filters {
+            ports: vec![PortRange::parse("8000-8002").unwrap()],
+            lports: ports(&[8003, 9000]),
+            ..Default::default()
+        };
+        assert_eq!(f.port_roles().len(), 5);
+        assert_eq!(f.any_ports(), [PortRange::parse("8000-8003").unwrap(), PortRange::one(9000)]);
     }
 }

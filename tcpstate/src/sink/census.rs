@@ -14,7 +14,7 @@ pub fn render(c: &Census, format: Format, repeated: bool) -> anyhow::Result<Stri
             text = serde_json::to_string(c)?;
             text.push('\n');
         }
-        Format::Text => {
+        Format::Text | Format::Csv => {
             render_text(&mut text, c)?;
             if repeated {
                 text.push('\n');

@@ -2,6 +2,7 @@
 //! buffer that goes out in one write per drain of the ring buffer.
 
 pub mod census;
+pub mod csv;
 pub mod dashboard;
 pub mod json;
 pub mod metrics;
@@ -34,6 +35,8 @@ pub enum Format {
     Text,
     /// JSON Lines: one object per transition, report or census.
     Json,
+    /// `trace` only: comma-separated values with a header line.
+    Csv,
 }
 
 /// Whether the session goes on after a tick.

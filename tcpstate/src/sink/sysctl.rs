@@ -9,7 +9,7 @@ pub fn render(doc: &Settings, format: Format) -> anyhow::Result<String> {
     let mut text = String::new();
     match format {
         Format::Json => text = serde_json::to_string(doc)? + "\n",
-        Format::Text => {
+        Format::Text | Format::Csv => {
             writeln!(text, "TCP TIME_WAIT settings in {}", doc.netns)?;
             writeln!(
                 text,

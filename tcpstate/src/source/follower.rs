@@ -12,6 +12,7 @@ use netlink_packet_sock_diag::inet::StateFlags;
 use super::sockdiag::{Netns, SockDiag};
 use crate::model::{
     clock::Clock,
+    filter::PortRange,
     timewait::{FollowerStats, Sources, Tracker, TwEvent, TwHook},
     transition::{Family, Transition},
 };
@@ -23,7 +24,7 @@ pub struct FollowerOptions {
     pub exact_hooks: bool,
     pub poll: Duration,
     /// The sockets a dump keeps: the filters' ports in any role (all if none).
-    pub ports: Vec<u16>,
+    pub ports: Vec<PortRange>,
     /// Timewait sockets followed at once.
     pub capacity: usize,
 }
@@ -49,7 +50,7 @@ pub struct Follower {
     interval: Duration,
     next_poll: Instant,
     /// The user's port filters: dumps keep only sockets with these ports.
-    ports: Vec<u16>,
+    ports: Vec<PortRange>,
     cost: PollCost,
 }
 

@@ -19,6 +19,7 @@ use netlink_packet_sock_diag::{
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
 use crate::model::{
+    filter::PortRange,
     socket::{FourTuple, SockEntry},
     state::TcpState,
     transition::Family,
@@ -46,24 +47,25 @@ fn op(code: u8, yes: u8, no: u16) -> [u8; 4] {
     [code, yes, n0, n1]
 }
 
-/// A filter program keeping sockets whose local or remote port is in
-/// `ports`, in the kernel, as `ss '( sport = :P or dport = :P )'` does.
+/// A filter program keeping sockets whose local or remote port is in one
+/// of `ports`, in the kernel, as `ss '( sport >= :A and sport <= :B or … )'`
+/// does.
 ///
 /// The kernel audits a program by walking its `yes` jumps, which must visit
 /// every op, so each `yes` steps to the next op and branching uses `no`: a
 /// failed comparison skips ahead, a match falls through to a JMP whose `no`
 /// lands exactly on the end (accept); the last op jumps past it (reject).
-pub fn port_filter(ports: &[u16]) -> Vec<u8> {
-    const BLOCK: usize = 40; // per port: 2 comparisons + JMP, for each side
+pub fn port_filter(ports: &[PortRange]) -> Vec<u8> {
+    const BLOCK: usize = 40; // per range: 2 comparisons + JMP, for each side
     let end = ports.len() * BLOCK + 4;
     let mut bc = Vec::with_capacity(end);
-    for &port in ports {
+    for range in ports {
         for (ge, le) in [(BC_S_GE, BC_S_LE), (BC_D_GE, BC_D_LE)] {
             // A comparison is two ops, the second holding the port.
             bc.extend(op(ge, 8, 20));
-            bc.extend(op(0, 0, port));
+            bc.extend(op(0, 0, range.first));
             bc.extend(op(le, 8, 12));
-            bc.extend(op(0, 0, port));
+            bc.extend(op(0, 0, range.last));
             let to_end = (end - bc.len()) as u16;
             bc.extend(op(BC_JMP, 4, to_end));
         }
@@ -167,6 +169,19 @@ impl Netns {
             .map(Self::Path)
     }
 
+    /// `--netns NAME|PATH|ID` as a filter: the namespace's inode. A number
+    /// is taken as the inode itself (as events and `lsns -t net` show it);
+    /// a name or path must be a network namespace.
+    pub fn inode_of_arg(arg: &str) -> anyhow::Result<u32> {
+        if let Ok(inode) = arg.parse::<u32>() {
+            return Ok(inode);
+        }
+        match Self::from_arg(arg)? {
+            Self::Current => Ok(Self::own_inode()),
+            Self::Path(path) => inode(&path).ok_or_else(|| anyhow::anyhow!("reading {}", path.display())),
+        }
+    }
+
     /// Runs `f` in this namespace: on a helper thread that enters it, so
     /// the caller's namespace never changes. Sockets made there stay there.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
@@ -211,7 +226,7 @@ impl SockDiag {
         &mut self,
         families: &[Family],
         states: StateFlags,
-        ports: &[u16],
+        ports: &[PortRange],
     ) -> anyhow::Result<Vec<SockEntry>> {
         let filter = (!ports.is_empty()).then(|| port_filter(ports));
         let mut out = Vec::new();
@@ -335,17 +350,21 @@ mod tests {
         assert_ne!(ours.inode, 0);
         // The kernel accepts the port filter and applies it.
         let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let only = diag.dump(&[Family::Ipv4], StateFlags::LISTEN, &[port]).unwrap();
+        let only = diag.dump(&[Family::Ipv4], StateFlags::LISTEN, &[PortRange::one(port)]).unwrap();
         assert_eq!(only.iter().map(|s| s.tuple.sport).collect::<Vec<_>>(), [port]);
         let both = diag
-            .dump(&[Family::Ipv4], StateFlags::LISTEN, &[port, other.local_addr().unwrap().port()])
+            .dump(
+                &[Family::Ipv4],
+                StateFlags::LISTEN,
+                &[PortRange::one(port), PortRange::one(other.local_addr().unwrap().port())],
+            )
             .unwrap();
         assert_eq!(both.len(), 2);
     }
 
     #[test]
     fn port_filter_shape() {
-        let bc = port_filter(&[80]);
+        let bc = port_filter(&[PortRange::one(80)]);
         assert_eq!(bc.len(), 44);
         let ops: Vec<(u8, u8, u16)> =
             bc.chunks(4).map(|c| (c[0], c[1], u16::from_ne_bytes([c[2], c[3]]))).collect();
@@ -355,6 +374,9 @@ mod tests {
         assert_eq!(ops[1], (0, 0, 80));
         assert_eq!(ops[4], (BC_JMP, 4, 44 - 16));
         assert_eq!(ops[10], (BC_JMP, 4, 8));
+        let range = port_filter(&[PortRange { first: 8000, last: 8099 }]);
+        let ops: Vec<u16> = range.chunks(4).map(|c| u16::from_ne_bytes([c[2], c[3]])).collect();
+        assert_eq!((ops[1], ops[3]), (8000, 8099), "S_GE first, S_LE last");
         let mut msg = vec![0u8; 16];
         append_attribute(&mut msg, INET_DIAG_REQ_BYTECODE, &[1, 2, 3]);
         assert_eq!(msg.len(), 24);

@@ -359,9 +359,13 @@ fn fill_filter_maps(ebpf: &mut Ebpf, filters: &Filters) -> anyhow::Result<()> {
     fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
         ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing"))
     }
-    let mut ports: HashMap<_, u16, u8> = HashMap::try_from(map(ebpf, abi::MAP_PORTS)?)?;
+    let mut ports: aya::maps::Array<_, u8> = aya::maps::Array::try_from(map(ebpf, abi::MAP_PORTS)?)?;
     for (port, roles) in filters.port_roles() {
-        ports.insert(port, roles.bits(), 0)?;
+        ports.set(u32::from(port), roles.bits(), 0)?;
+    }
+    let mut namespaces: HashMap<_, u32, u8> = HashMap::try_from(map(ebpf, abi::MAP_NAMESPACES)?)?;
+    for &netns in &filters.namespaces {
+        namespaces.insert(netns, 1, 0)?;
     }
     let mut pids: HashMap<_, u32, u8> = HashMap::try_from(map(ebpf, abi::MAP_PIDS)?)?;
     for &pid in &filters.pids {
