@@ -185,7 +185,11 @@ fn handle(ctx: &TracePointContext) -> Result<(), i32> {
             pid: 0,
             netns: netns_of(skaddr, cfg.sock),
             close: CLOSE_UNKNOWN,
-            flags: if new_life { FLAG_FROM_START } else { 0 },
+            flags: match (new_life, old, new) {
+                (true, TCP_CLOSE, TCP_SYN_SENT) => FLAG_FROM_START | FLAG_CONNECTED,
+                (true, ..) => FLAG_FROM_START,
+                _ => 0,
+            },
             state: old,
             _pad: 0,
             sport,

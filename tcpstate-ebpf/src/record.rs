@@ -47,6 +47,9 @@ bitflags! {
         /// every process (/proc/PID/fd) with sock_diag's dump: the socket
         /// or its listener existed before the program was attached.
         const OWNER_AT_START = 64;
+        /// The socket was opened by `connect()` (seen CLOSE → SYN_SENT): its
+        /// local port is the client's, usually ephemeral.
+        const CONNECTED = 128;
     }
 }
 
@@ -58,6 +61,7 @@ pub const FLAG_GAP: u8 = RecordFlags::GAP.bits();
 pub const FLAG_HAD_GAP: u8 = RecordFlags::HAD_GAP.bits();
 pub const FLAG_OWNER_IN_CGROUP: u8 = RecordFlags::OWNER_IN_CGROUP.bits();
 pub const FLAG_OWNER_AT_START: u8 = RecordFlags::OWNER_AT_START.bits();
+pub const FLAG_CONNECTED: u8 = RecordFlags::CONNECTED.bits();
 
 /// One state transition, as sent through the ring buffer. 112 bytes; the
 /// one-byte fields come first so that the kind leads without padding.

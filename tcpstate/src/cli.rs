@@ -83,6 +83,9 @@ pub struct CensusArgs {
     /// container / cgroup
     #[arg(long, value_enum)]
     pub by: Option<CensusGroup>,
+    /// With --by: the N largest groups, the rest summed as (other)
+    #[arg(long, value_name = "N", requires = "by", value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    pub top: Option<u16>,
     /// One JSON document per census
     #[arg(long)]
     pub json: bool,

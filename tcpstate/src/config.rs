@@ -101,6 +101,7 @@ pub struct Census {
     pub families: Vec<Family>,
     pub ports: Vec<PortRange>,
     pub by: Option<GroupBy>,
+    pub top: Option<usize>,
     pub format: Format,
     pub watch: Option<Duration>,
 }
@@ -235,6 +236,7 @@ impl Config {
                         cli::CensusGroup::Process => GroupBy::Process,
                         cli::CensusGroup::Cgroup => GroupBy::Cgroup,
                     }),
+                    top: args.top.map(usize::from),
                     format: format(args.json),
                     watch: args.watch,
                 })

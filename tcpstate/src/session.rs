@@ -17,6 +17,7 @@ use crate::{
     model::{
         aggregate::{Aggregator, DEFAULT_SOCKET_CAP, DEFAULT_TABLE_CAP},
         counters::{KernelCounters, Readings},
+        report::SessionInfo,
         timewait::{FollowerStats, Sources},
     },
     sink::{Flow, Sink, is_closed_pipe},
@@ -124,6 +125,8 @@ impl Signals {
 /// A session attached and collecting.
 pub struct Running {
     pipeline: Pipeline,
+    /// What reports say they came from.
+    info: SessionInfo,
     /// Taken by the event loop.
     signals: Option<Signals>,
     duration: Option<Duration>,
@@ -138,7 +141,24 @@ pub fn start(session: &config::Session) -> anyhow::Result<Running> {
     let tracer = Tracer::start(&session.tracer_options())?;
     let follower = session.following.as_ref().map(|f| Follower::new(f, tracer.hooks().sources()));
     let pipeline = Pipeline { tracer, follower, cgroups: CgroupResolver::new(), tcpext };
-    Ok(Running { pipeline, signals: Some(signals), duration: session.duration, summary: session.summary })
+    let (host, kernel) = procnet::host();
+    let info = SessionInfo {
+        tool: env!("CARGO_PKG_NAME").into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        host,
+        kernel,
+        started: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+        ended: String::new(),
+        filters: session.filters.describe(),
+        timewait: pipeline.follower.as_ref().map(|f| f.sources().describe()),
+    };
+    Ok(Running {
+        pipeline,
+        info,
+        signals: Some(signals),
+        duration: session.duration,
+        summary: session.summary,
+    })
 }
 
 impl Running {
@@ -155,10 +175,16 @@ impl Running {
         Aggregator::new(DEFAULT_TABLE_CAP, DEFAULT_SOCKET_CAP)
             .following_timewait(self.following())
             .summarized_in_kernel(self.summary)
+            .ephemeral_ports(procnet::ephemeral_ports())
     }
 
     pub fn counters(&self) -> anyhow::Result<KernelCounters> {
         self.pipeline.tracer.counters()
+    }
+
+    /// The tool, host, start time and filters, for reports.
+    pub fn info(&self) -> SessionInfo {
+        self.info.clone()
     }
 
     /// The counters, and the TcpExt counters' change since start.

@@ -92,8 +92,12 @@ fn fixed_scenario_counts_sides_and_time_wait_producers() {
     let tw = &report["time_wait"];
     assert_eq!(tw["total"], 30, "{tw}");
     assert_eq!(by_comm(&tw["by_process"], "count"), [("tsp-a".into(), 20), ("tsp-s".into(), 10)]);
-    // The one server that closes first, on its own port: 10 from there.
-    assert_eq!(tw["by_local_port"]["rows"][0], serde_json::json!({"port": ps, "count": 10}));
+    // The clients of A close first, from ephemeral ports: one row of 20;
+    // the one server that closes first, on its own port: 10 from there.
+    assert_eq!(
+        tw["by_local_port"]["rows"],
+        serde_json::json!([{"port": null, "count": 20}, {"port": ps, "count": 10}])
+    );
 
     let closes = &report["closes"];
     assert_eq!(
@@ -134,12 +138,41 @@ fn fixed_scenario_counts_sides_and_time_wait_producers() {
 
     assert_eq!(report["losses"]["sockets_with_missed_transitions"], 0);
     assert_eq!(report["losses"]["sockets_evicted"], 0);
+    // What the report came from.
+    let session = &report["session"];
+    assert_eq!(session["tool"], "tcpstate");
+    let version = std::process::Command::new(tcpstate_exe()).arg("--version").output().unwrap();
+    let version = String::from_utf8(version.stdout).unwrap();
+    assert_eq!(version.trim(), format!("tcpstate {}", session["version"].as_str().unwrap()));
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(session["kernel"], release.trim());
+    let ports: Vec<u16> = session["filters"]["port"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ports.len(), 3, "{session}");
+    let time = |key: &str| humantime::parse_rfc3339(session[key].as_str().unwrap()).unwrap();
+    assert!(time("started") < time("ended"), "{session}");
+    // Client ports from the ephemeral range are one row of the LPORT table.
+    let lports = report["closes"]["by_local_port"]["rows"].as_array().unwrap();
+    assert!(lports.iter().any(|r| r["port"].is_null() && r["passive"] == 10), "{lports:#?}");
+    assert!(lports.len() <= 4, "three servers and the clients' ephemeral ports: {lports:#?}");
 
     // top, off a terminal, ends with a document holding the same numbers.
     assert!(top_docs.len() >= 2, "a periodic one and a final one: {}", top_docs.len());
     let last = top_docs.last().unwrap();
-    for key in ["time_wait", "closes", "transitions", "sockets"] {
+    for key in ["time_wait", "closes", "transitions"] {
         assert_eq!(last[key], report[key], "{key} differs between top and stats");
+    }
+    // The socket table holds every TCP socket each program saw, the
+    // parallel tests' too, read at different moments: compare the rest.
+    for key in ["by_state", "followed", "untracked", "table_capacity"] {
+        assert_eq!(
+            last["sockets"][key], report["sockets"][key],
+            "sockets.{key} differs between top and stats"
+        );
     }
     // Each tracer takes its own timestamps, so compare the distributions'
     // counts, not their nanoseconds.
@@ -499,4 +532,43 @@ fn evicted_sockets_are_counted_and_explain_unknown_owners() {
     assert_eq!(default["losses"]["sockets_evicted"], 0, "{}", default["losses"]);
     assert_eq!(unknown_owners(&default), 0, "{default}");
     assert!(default["sockets"]["table_capacity"].as_u64().unwrap() >= 65536);
+}
+
+/// Connects that fail are a table of their own, by owner, destination and
+/// error: here, refused by a port nobody listens on.
+#[test]
+fn failed_connects_by_process_and_destination() {
+    if !kernel_tests_possible("failed_connects") {
+        return;
+    }
+    const TRIES: u32 = 3;
+    let (report, port) = rerun_if_transitions_lost("failed_connects", || {
+        let ns = Netns::new("failcon");
+        let port = unique_port();
+        let p = port.to_string();
+        let stats = CommandRun::start(&["stats", "--json", "--port", &p]);
+        let addr = format!("127.0.0.1:{port}");
+        for _ in 0..TRIES {
+            let status =
+                Peer::spawn(&ns, "tsp-refused", false, &["client", "--connect", &addr, "--close", "first"])
+                    .exit_status();
+            assert!(!status.success(), "nothing listens on {addr}");
+        }
+        let out = stats.stop();
+        let lost = out.lost();
+        let report: serde_json::Value = serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap();
+        ((report, port), lost)
+    });
+    let failed = &report["failed_connects"];
+    assert_eq!(failed["total"], TRIES, "{failed:#}");
+    // One row per connecting process (each tried once).
+    let rows = failed["rows"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), TRIES as usize, "{failed:#}");
+    for row in rows {
+        assert_eq!(row["comm"], "tsp-refused", "{row}");
+        assert_eq!(row["port"], port, "{row}");
+        assert_eq!(row["error"], "ECONNREFUSED", "{row}");
+        assert_eq!(row["count"], 1, "{row}");
+    }
+    assert_eq!(report["time_wait"]["total"], 0);
 }

@@ -111,6 +111,11 @@ fn census_counts_exactly_and_agrees_with_ss() {
     )
     .unwrap();
     let text = CommandRun::run_to_end(&["census", "--netns", &ns.name, "--by", "lport"]).stdout;
+    let top: Value = serde_json::from_str(
+        &CommandRun::run_to_end(&["census", "--netns", &ns.name, "--json", "--by", "lport", "--top", "2"])
+            .stdout,
+    )
+    .unwrap();
     let only: Value = serde_json::from_str(
         &CommandRun::run_to_end(&["census", "--netns", &ns.name, "--json", "--port", &port.to_string()])
             .stdout,
@@ -201,6 +206,24 @@ fn census_counts_exactly_and_agrees_with_ss() {
         .expect("row for the server port");
     // LISTEN, the server ends of the open and half-closed connections.
     assert_eq!(port_row.split_whitespace().nth(1), Some((1 + ESTABLISHED + CLOSE_WAIT).to_string().as_str()));
+
+    // The client ends, on ports from the ephemeral range, are one group;
+    // --top 2 keeps it and the server's port, and sums the other listener.
+    let groups: Vec<(String, u64)> = top["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["key"].as_str().unwrap().to_string(), g["total"].as_u64().unwrap()))
+        .collect();
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let range = range.split_whitespace().collect::<Vec<_>>().join("-");
+    let clients = (TIME_WAIT + ESTABLISHED + CLOSE_WAIT) as u64;
+    let server = (1 + ESTABLISHED + CLOSE_WAIT) as u64;
+    assert_eq!(
+        groups,
+        [(format!("ephemeral ({range})"), clients), (port.to_string(), server), ("(other)".to_string(), 1)],
+        "{top:#}"
+    );
 }
 
 #[test]
@@ -230,6 +253,17 @@ fn sysctl_prints_the_namespace_values() {
     }
     let fin = settings.iter().find(|s| s["name"] == "net.ipv4.tcp_fin_timeout").unwrap();
     assert_eq!(fin["value"], "7");
+    assert_eq!((&fin["default"], &fin["differs"]), (&Value::from("60"), &Value::from(true)));
     let recycle = settings.iter().find(|s| s["name"] == "net.ipv4.tcp_tw_recycle").unwrap();
     assert!(recycle["value"].is_null());
+    // A fresh namespace has the defaults everywhere else.
+    let differing: Vec<_> = settings.iter().filter(|s| s["differs"] == true).map(|s| &s["name"]).collect();
+    assert_eq!(differing, [&Value::from("net.ipv4.tcp_fin_timeout")]);
+
+    // The text marks it, and keeps to 100 columns.
+    let text = CommandRun::run_to_end(&["sysctl", "--netns", &ns.name]).stdout;
+    assert!(text.lines().all(|l| l.len() <= 100), "{text}");
+    let marked: Vec<_> = text.lines().filter(|l| l.starts_with("* ")).collect();
+    assert_eq!(marked.len(), 1, "{text}");
+    assert!(marked[0].starts_with("* net.ipv4.tcp_fin_timeout") && marked[0].ends_with(" 60"), "{text}");
 }

@@ -9,15 +9,21 @@ use super::Output;
 use crate::{
     config::Census as CensusConfig,
     model::{
-        census::{Census, GroupBy},
+        census::{Census, GroupBy, Grouping},
         clock::Clock,
     },
     sink::{census::render, is_closed_pipe},
-    source::{procnet::socket_owners, sockdiag::SockDiag},
+    source::{
+        procnet::{self, socket_owners},
+        sockdiag::SockDiag,
+    },
 };
 
 pub async fn run(config: CensusConfig, out: Output<'_>) -> anyhow::Result<()> {
     let mut diag = SockDiag::open(&config.netns)?;
+    // The namespace's own range: its connect()s take their ports from it.
+    let ephemeral = config.netns.run(|| Ok(procnet::ephemeral_ports()))?;
+    let grouping = Grouping { by: config.by, top: config.top, ephemeral };
     let clock = Clock::new();
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -27,7 +33,7 @@ pub async fn run(config: CensusConfig, out: Output<'_>) -> anyhow::Result<()> {
         let owners = if by_owner { socket_owners() } else { Default::default() };
         let census = Census::build(
             &entries,
-            config.by,
+            grouping,
             &owners,
             config.netns_name.clone(),
             clock.rfc3339(Clock::monotonic_now_ns()),

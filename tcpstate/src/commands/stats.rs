@@ -12,7 +12,7 @@ use crate::{
 
 pub async fn run(config: Report, out: Output<'_>) -> anyhow::Result<()> {
     let session = session::start(&config.session)?;
-    let reporter = Reporter::new(out.writer, config.format, config.rows, Reports::AtEnd);
+    let reporter = Reporter::new(out.writer, config.format, config.rows, Reports::AtEnd, session.info());
     (out.notices)(&notices::start_line(
         "Collecting TCP state transitions",
         session.following(),

@@ -19,6 +19,7 @@ pub fn run(config: Sysctl, out: Output<'_>) -> anyhow::Result<()> {
             .map(|k| Setting {
                 name: format!("net.ipv4.{}", k.name),
                 value: read_knob(root, k.name),
+                default: k.default,
                 meaning: k.meaning,
             })
             .collect::<Vec<_>>())

@@ -25,7 +25,7 @@ pub async fn run(config: Report, out: Output<'_>) -> anyhow::Result<()> {
         View::Periodic(interval) => Reports::Every(interval),
         View::Final => Reports::AtEnd,
     };
-    let reporter = Reporter::new(out.writer, config.format, config.rows, reports);
+    let reporter = Reporter::new(out.writer, config.format, config.rows, reports, session.info());
     (out.notices)(&notices::start_line(
         "Tracing TCP state transitions",
         session.following(),

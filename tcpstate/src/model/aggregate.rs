@@ -14,7 +14,8 @@ use rustc_hash::FxHashMap as HashMap;
 use tcpstate_ebpf::TCP_STATE_COUNT;
 
 use super::{
-    state::{CloseSide, TcpState},
+    filter::PortRange,
+    state::{CloseSide, SockError, TcpState},
     timewait::{EndCause, Sources, TwEvent},
     transition::{Comm, Owner, Transition},
 };
@@ -243,6 +244,22 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(HIST_LOW_NS, HIST_HIGH_NS, 2).expect("constant bounds are valid")
 }
 
+/// A local port as the tables group it: the ports `connect()` took from the
+/// ephemeral range are one row, not one each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LocalPort {
+    Port(u16),
+    Ephemeral,
+}
+
+/// A failed connect's key: its owner, where it went, and why it failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FailedConnect {
+    pub process: ProcessKey,
+    pub remote: SocketAddr,
+    pub error: Option<SockError>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Aggregator {
     pub sockets: SocketTable,
@@ -254,14 +271,14 @@ pub struct Aggregator {
     pub closes_unknown: u64,
     pub closes_by_process: CappedTable<ProcessKey, Sides>,
     pub closes_by_comm: CappedTable<Option<Comm>, Sides>,
-    pub closes_by_lport: CappedTable<u16, Sides>,
+    pub closes_by_lport: CappedTable<LocalPort, Sides>,
     pub closes_by_raddr: CappedTable<IpAddr, Sides>,
     /// By the owner's container (or cgroup, outside containers); `None`
     /// where it is unknown.
     pub closes_by_container: CappedTable<Option<Arc<str>>, Sides>,
     pub time_wait: u64,
     pub time_wait_by_process: CappedTable<ProcessKey, u64>,
-    pub time_wait_by_lport: CappedTable<u16, u64>,
+    pub time_wait_by_lport: CappedTable<LocalPort, u64>,
     pub time_wait_by_remote: CappedTable<SocketAddr, u64>,
     pub time_wait_by_container: CappedTable<Option<Arc<str>>, u64>,
     /// Closes and TIME_WAIT entries by workload, for metrics: the first
@@ -287,6 +304,13 @@ pub struct Aggregator {
     /// mode): only closes then reach userspace, and the report merges the
     /// kernel's histograms with what the timewait follower records here.
     pub kernel_summary: bool,
+    /// Connects that failed (SYN_SENT → CLOSE): by owner, destination and
+    /// error.
+    pub failed_connects: u64,
+    pub failed_connects_by: CappedTable<FailedConnect, u64>,
+    /// The ephemeral port range (`ip_local_port_range`): connected
+    /// sockets' local ports in it count as one [`LocalPort::Ephemeral`].
+    pub ephemeral: Option<PortRange>,
     /// Transitions observed in userspace.
     pub events: u64,
     table_cap: usize,
@@ -316,6 +340,9 @@ impl Aggregator {
             in_timewait: 0,
             in_substate: [0; 2],
             ended_in: Reached::default(),
+            failed_connects: 0,
+            failed_connects_by: CappedTable::new(table_cap),
+            ephemeral: None,
             timewait_ends: Ends::default(),
             timewait_ends_by_process: CappedTable::new(table_cap),
             follows_timewait: None,
@@ -341,6 +368,19 @@ impl Aggregator {
     pub fn summarized_in_kernel(mut self, yes: bool) -> Self {
         self.kernel_summary = yes;
         self
+    }
+
+    /// Groups connected sockets' local ports in `range` as ephemeral.
+    pub fn ephemeral_ports(mut self, range: Option<PortRange>) -> Self {
+        self.ephemeral = range;
+        self
+    }
+
+    fn local_port(&self, t: &Transition) -> LocalPort {
+        match self.ephemeral {
+            Some(range) if t.connected && range.ports().contains(&t.tuple.sport) => LocalPort::Ephemeral,
+            _ => LocalPort::Port(t.tuple.sport),
+        }
     }
 
     fn record(&mut self, state: TcpState, ns: u64) {
@@ -391,7 +431,8 @@ impl Aggregator {
         *self = Self::new(self.table_cap, sockets.cap)
             .following_timewait(self.follows_timewait)
             .summarized_in_kernel(self.kernel_summary)
-            .workload_rows(self.workload_cap);
+            .workload_rows(self.workload_cap)
+            .ephemeral_ports(self.ephemeral);
         self.sockets = sockets;
     }
 
@@ -418,12 +459,18 @@ impl Aggregator {
         let process = ProcessKey::of(t.owner.as_ref());
         let container = t.cgroup.as_ref().map(|c| c.label.clone());
         let workload = (container.clone(), t.owner.map(|o| o.comm));
+        let lport = self.local_port(t);
+        if t.old == TcpState::SYN_SENT {
+            self.failed_connects += 1;
+            let remote = SocketAddr::new(t.tuple.daddr, t.tuple.dport);
+            *self.failed_connects_by.entry(FailedConnect { process, remote, error: t.error }) += 1;
+        }
         match t.close {
             Some(side) => {
                 self.closes.add(side);
                 self.closes_by_process.entry(process).add(side);
                 self.closes_by_comm.entry(process.comm).add(side);
-                self.closes_by_lport.entry(t.tuple.sport).add(side);
+                self.closes_by_lport.entry(lport).add(side);
                 self.closes_by_raddr.entry(t.tuple.daddr).add(side);
                 self.closes_by_container.entry(container.clone()).add(side);
                 self.closes_by_workload.entry(workload.clone()).add(side);
@@ -433,7 +480,7 @@ impl Aggregator {
         if t.enters_time_wait() {
             self.time_wait += 1;
             *self.time_wait_by_process.entry(process) += 1;
-            *self.time_wait_by_lport.entry(t.tuple.sport) += 1;
+            *self.time_wait_by_lport.entry(lport) += 1;
             *self.time_wait_by_remote.entry(SocketAddr::new(t.tuple.daddr, t.tuple.dport)) += 1;
             *self.time_wait_by_container.entry(container) += 1;
             *self.time_wait_by_workload.entry(workload) += 1;
@@ -466,6 +513,7 @@ pub(crate) mod tests {
             in_old_state_ns: Some(2_000_000),
             first_seen_ns: 9_000_000_000,
             seen_from_start: true,
+            connected: false,
             owner: Some(Owner {
                 pid: 7,
                 comm: Comm::from("nginx"),
@@ -501,6 +549,38 @@ pub(crate) mod tests {
         }
     }
 
+    /// Connected sockets' ports in the ephemeral range are one row; a
+    /// server's port, or a connect from a port bound outside the range,
+    /// keeps its own. Failed connects count by owner, destination, error.
+    #[test]
+    fn ephemeral_ports_grouped_and_failed_connects() {
+        let range = PortRange { first: 32768, last: 60999 };
+        let mut agg = Aggregator::new(16, 1024).ephemeral_ports(Some(range));
+        for (sk, sport, connected) in [(1, 40000, true), (2, 40001, true), (3, 8080, true), (4, 50051, false)]
+        {
+            let mut t = step(sk, TcpState::FIN_WAIT2, TcpState::CLOSE, Some(CloseSide::Active));
+            (t.tuple.sport, t.connected) = (sport, connected);
+            agg.observe(&t);
+        }
+        let mut rows = agg.time_wait_by_lport.top(10, |v| *v).0;
+        rows.sort();
+        assert_eq!(
+            rows,
+            [(LocalPort::Port(8080), 1), (LocalPort::Port(50051), 1), (LocalPort::Ephemeral, 2)],
+            "50051 is a server's port in the range: not grouped"
+        );
+        for _ in 0..2 {
+            let mut refused = step(5, TcpState::SYN_SENT, TcpState::CLOSE, None);
+            refused.error = Some(SockError(libc::ECONNREFUSED as u8));
+            agg.observe(&refused);
+        }
+        assert_eq!(agg.failed_connects, 2);
+        let (rows, _) = agg.failed_connects_by.top(10, |v| *v);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].0.error.unwrap().name(), "ECONNREFUSED");
+        assert_eq!(rows[0].1, 2);
+    }
+
     #[test]
     fn counts_closes_and_time_wait_producers() {
         let mut agg = Aggregator::new(16, 1024);
@@ -518,7 +598,7 @@ pub(crate) mod tests {
         let (rows, other) = agg.time_wait_by_process.top(10, |v| *v);
         assert_eq!(rows, [(ProcessKey { pid: Some(7), comm: Some(Comm::from("nginx")) }, 3)]);
         assert_eq!(other, 0);
-        assert_eq!(agg.time_wait_by_lport.top(10, |v| *v).0, [(8080, 3)]);
+        assert_eq!(agg.time_wait_by_lport.top(10, |v| *v).0, [(LocalPort::Port(8080), 3)]);
         let (by_comm, _) = agg.closes_by_comm.top(10, Sides::total);
         assert_eq!(by_comm.len(), 2, "nginx and the unknown owner");
         // 3 sockets × 4 timed steps, and the reset's ESTABLISHED time.

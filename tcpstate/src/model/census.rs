@@ -2,14 +2,14 @@
 //! under their real substate), their remaining timers, and groupings.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
     time::Duration,
 };
 
 use serde::Serialize;
 
-use super::{socket::SockEntry, state::TcpState, transition::Comm};
+use super::{filter::PortRange, socket::SockEntry, state::TcpState, transition::Comm};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupBy {
@@ -96,9 +96,36 @@ pub struct Census {
     pub groups: Vec<Group>,
 }
 
-fn group_key(s: &SockEntry, by: GroupBy, owners: &Owners) -> String {
+/// How groups are formed and cut.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Grouping {
+    pub by: Option<GroupBy>,
+    /// Groups shown, the largest first; the rest are summed as `(other)`.
+    pub top: Option<usize>,
+    /// By local port: ports in this range with no listener on them (the
+    /// client side of connections) are one group.
+    pub ephemeral: Option<PortRange>,
+}
+
+/// The key of the group of ephemeral local ports.
+pub fn ephemeral_key(range: PortRange) -> String {
+    format!("ephemeral ({range})")
+}
+
+fn group_key(
+    s: &SockEntry,
+    by: GroupBy,
+    owners: &Owners,
+    grouping: &Grouping,
+    listening: &HashSet<u16>,
+) -> String {
     match by {
-        GroupBy::Lport => s.tuple.sport.to_string(),
+        GroupBy::Lport => match grouping.ephemeral {
+            Some(range) if range.ports().contains(&s.tuple.sport) && !listening.contains(&s.tuple.sport) => {
+                ephemeral_key(range)
+            }
+            _ => s.tuple.sport.to_string(),
+        },
         GroupBy::Raddr => s.tuple.daddr.to_string(),
         GroupBy::Process => match owners.get(&s.inode) {
             Some(o) => format!("{}/{}", o.pid, o.comm),
@@ -117,11 +144,14 @@ fn group_key(s: &SockEntry, by: GroupBy, owners: &Owners) -> String {
 impl Census {
     pub fn build(
         entries: &[SockEntry],
-        by: Option<GroupBy>,
+        grouping: Grouping,
         owners: &Owners,
         netns: String,
         time: String,
     ) -> Self {
+        let by = grouping.by;
+        let listening: HashSet<u16> =
+            entries.iter().filter(|s| s.state == TcpState::LISTEN).map(|s| s.tuple.sport).collect();
         let mut states: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut timers: BTreeMap<TcpState, Vec<u64>> = BTreeMap::new();
         let mut groups: HashMap<String, BTreeMap<&'static str, u64>> = HashMap::new();
@@ -134,7 +164,8 @@ impl Census {
                     .push(s.expires.unwrap_or(Duration::ZERO).as_millis() as u64);
             }
             if let Some(by) = by {
-                *groups.entry(group_key(s, by, owners)).or_default().entry(s.state.name()).or_default() += 1;
+                let key = group_key(s, by, owners, &grouping, &listening);
+                *groups.entry(key).or_default().entry(s.state.name()).or_default() += 1;
             }
         }
         let mut groups: Vec<Group> = groups
@@ -142,6 +173,18 @@ impl Census {
             .map(|(key, states)| Group { key, total: states.values().sum(), states })
             .collect();
         groups.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.key.cmp(&b.key)));
+        if let Some(top) = grouping.top
+            && groups.len() > top
+        {
+            let mut other = Group { key: "(other)".into(), total: 0, states: BTreeMap::new() };
+            for g in groups.drain(top..) {
+                other.total += g.total;
+                for (state, n) in g.states {
+                    *other.states.entry(state).or_default() += n;
+                }
+            }
+            groups.push(other);
+        }
         Self {
             time,
             netns,
@@ -182,6 +225,10 @@ mod tests {
         }
     }
 
+    fn by(by: Option<GroupBy>) -> Grouping {
+        Grouping { by, ..Default::default() }
+    }
+
     #[test]
     fn counts_states_and_timewait_timers() {
         let socks = [
@@ -198,8 +245,9 @@ mod tests {
             11,
             SocketOwner { pid: 42, comm: Comm::from("nginx"), cgroup: Some("nginx.service".into()) },
         );
-        let c = Census::build(&socks, Some(GroupBy::Process), &owners, "current".into(), "t".into());
-        let by_cgroup = Census::build(&socks, Some(GroupBy::Cgroup), &owners, "current".into(), "t".into());
+        let c = Census::build(&socks, by(Some(GroupBy::Process)), &owners, "current".into(), "t".into());
+        let by_cgroup =
+            Census::build(&socks, by(Some(GroupBy::Cgroup)), &owners, "current".into(), "t".into());
         assert!(by_cgroup.groups.iter().any(|g| g.key == "nginx.service"), "{by_cgroup:?}");
         assert_eq!(c.total, 7);
         assert_eq!(c.states["ESTABLISHED"], 2);
@@ -219,12 +267,30 @@ mod tests {
     #[test]
     fn groups_by_port_and_address() {
         let socks = [sock(TcpState::ESTABLISHED, 80, false, 0, 1), sock(TcpState::TIME_WAIT, 80, true, 5, 0)];
-        let c = Census::build(&socks, Some(GroupBy::Lport), &Owners::new(), "n".into(), "t".into());
+        let c = Census::build(&socks, by(Some(GroupBy::Lport)), &Owners::new(), "n".into(), "t".into());
         assert_eq!(c.groups.len(), 1);
         assert_eq!(c.groups[0].key, "80");
         assert_eq!(c.groups[0].states["TIME_WAIT"], 1);
-        let c = Census::build(&socks, Some(GroupBy::Raddr), &Owners::new(), "n".into(), "t".into());
+        let c = Census::build(&socks, by(Some(GroupBy::Raddr)), &Owners::new(), "n".into(), "t".into());
         assert_eq!(c.groups[0].key, "127.0.0.2");
-        assert!(Census::build(&socks, None, &Owners::new(), "n".into(), "t".into()).groups.is_empty());
+        assert!(Census::build(&socks, by(None), &Owners::new(), "n".into(), "t".into()).groups.is_empty());
+    }
+
+    /// Client ports from the ephemeral range are one group, unless a
+    /// listener is on them; `top` keeps the largest and sums the rest.
+    #[test]
+    fn ephemeral_ports_and_top() {
+        let mut socks: Vec<SockEntry> =
+            (40000..40010).map(|port| sock(TcpState::TIME_WAIT, port, true, 5, 0)).collect();
+        socks.push(sock(TcpState::LISTEN, 50051, false, 0, 1));
+        socks.push(sock(TcpState::ESTABLISHED, 50051, false, 0, 2));
+        socks.push(sock(TcpState::ESTABLISHED, 22, false, 0, 3));
+        socks.push(sock(TcpState::ESTABLISHED, 80, false, 0, 4));
+        let range = PortRange { first: 32768, last: 60999 };
+        let grouping = Grouping { by: Some(GroupBy::Lport), top: Some(2), ephemeral: Some(range) };
+        let c = Census::build(&socks, grouping, &Owners::new(), "n".into(), "t".into());
+        let keys: Vec<_> = c.groups.iter().map(|g| (g.key.as_str(), g.total)).collect();
+        assert_eq!(keys, [("ephemeral (32768-60999)", 10), ("50051", 2), ("(other)", 2)]);
+        assert_eq!(c.groups[2].states["ESTABLISHED"], 2);
     }
 }

@@ -110,6 +110,27 @@ impl Filters {
         roles
     }
 
+    /// The filters in force, by flag, as a report's header names them.
+    pub fn describe(&self) -> BTreeMap<&'static str, Vec<String>> {
+        fn strings<T: ToString>(items: &[T]) -> Vec<String> {
+            items.iter().map(T::to_string).collect()
+        }
+        let family = self.family.map(|f| vec![if f == Family::Ipv4 { "ipv4" } else { "ipv6" }.to_string()]);
+        [
+            ("family", family.unwrap_or_default()),
+            ("lport", strings(&self.lports)),
+            ("rport", strings(&self.rports)),
+            ("port", strings(&self.ports)),
+            ("pid", strings(&self.pids)),
+            ("comm", self.comms.clone()),
+            ("cgroup", self.cgroups.iter().map(|p| p.display().to_string()).collect()),
+            ("netns", strings(&self.namespaces)),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .collect()
+    }
+
     /// The ports named in any role, merged: what a sock_diag dump of the
     /// same sockets keeps.
     pub fn any_ports(&self) -> Vec<PortRange> {
@@ -152,5 +173,9 @@ mod tests {
         };
         assert_eq!(f.port_roles().len(), 5);
         assert_eq!(f.any_ports(), [PortRange::parse("8000-8003").unwrap(), PortRange::one(9000)]);
+        let described = f.describe();
+        assert_eq!(described["port"], ["8000-8002"]);
+        assert_eq!(described["lport"], ["8003", "9000"]);
+        assert_eq!(described.len(), 2, "only the filters in force: {described:?}");
     }
 }

@@ -8,7 +8,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::{
-    aggregate::{Aggregator, CappedTable, Ends, HIST_LOW_NS, ProcessKey, Reached, Sides, Tally},
+    aggregate::{Aggregator, CappedTable, Ends, HIST_LOW_NS, LocalPort, ProcessKey, Reached, Sides, Tally},
     counters::{KernelCounters, StateHistogram},
     state::TcpState,
     transition::Comm,
@@ -30,7 +30,36 @@ pub struct ProcessCount {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PortCount {
+    /// Null for the ephemeral ports of connected sockets, grouped.
+    pub port: Option<u16>,
+    pub count: u64,
+}
+
+/// A local port as a report shows it: null for the ephemeral ports of
+/// connected sockets (the report's `ephemeral_ports`), grouped.
+fn port_of(port: LocalPort) -> Option<u16> {
+    match port {
+        LocalPort::Port(p) => Some(p),
+        LocalPort::Ephemeral => None,
+    }
+}
+
+/// Connects that failed, by owner, destination and error.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FailedConnects {
+    pub total: u64,
+    pub rows: Ranked<FailedConnectCount, u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FailedConnectCount {
+    pub pid: Option<u32>,
+    pub comm: Option<Comm>,
+    pub addr: IpAddr,
     pub port: u16,
+    /// `ECONNREFUSED`, `ETIMEDOUT`, …; null when the socket closed without
+    /// one (the connecting process gave up).
+    pub error: Option<String>,
     pub count: u64,
 }
 
@@ -111,7 +140,8 @@ pub struct TimewaitEnds {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PortSides {
-    pub port: u16,
+    /// Null for the ephemeral ports of connected sockets, grouped.
+    pub port: Option<u16>,
     #[serde(flatten)]
     pub sides: Sides,
 }
@@ -281,14 +311,37 @@ impl TraceSummary {
     }
 }
 
+/// What a report came from: the tool, the host, the time span, the filters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SessionInfo {
+    pub tool: String,
+    pub version: String,
+    pub host: String,
+    /// The kernel release (`uname -r`).
+    pub kernel: String,
+    /// RFC 3339, UTC: when the tracer attached, and when the report was made.
+    pub started: String,
+    pub ended: String,
+    /// The filters in force, by flag (`port`, `pid`, `netns`, …); empty:
+    /// every TCP socket.
+    pub filters: std::collections::BTreeMap<&'static str, Vec<String>>,
+    /// How timewait sockets were followed, if they were.
+    pub timewait: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
+    pub session: SessionInfo,
     /// Seconds the aggregates cover.
     pub elapsed_s: f64,
     pub time_wait: TimeWaitProducers,
     /// Null when timewait sockets are not followed (`--no-timewait`).
     pub timewait_ends: Option<TimewaitEnds>,
     pub closes: Closes,
+    pub failed_connects: FailedConnects,
+    /// The range whose connected ports the local-port tables group (as
+    /// `port: null`), e.g. "32768-60999"; null when unknown.
+    pub ephemeral_ports: Option<String>,
     pub time_in_state: Vec<StateDistribution>,
     /// From first sight to CLOSE, for connections seen from their start.
     pub lifetime: Option<Distribution>,
@@ -323,7 +376,10 @@ impl Report {
                     let (pid, comm) = process(k);
                     ProcessCount { pid, comm, count }
                 }),
-                by_local_port: ranked(&agg.time_wait_by_lport, top, |port, count| PortCount { port, count }),
+                by_local_port: ranked(&agg.time_wait_by_lport, top, |port, count| PortCount {
+                    port: port_of(port),
+                    count,
+                }),
                 by_remote: ranked(&agg.time_wait_by_remote, top, |ep, count| EndpointCount {
                     addr: ep.ip(),
                     port: ep.port(),
@@ -354,13 +410,31 @@ impl Report {
                     ProcessSides { pid, comm, sides }
                 }),
                 by_comm: ranked(&agg.closes_by_comm, top, |comm, sides| CommSides { comm, sides }),
-                by_local_port: ranked(&agg.closes_by_lport, top, |port, sides| PortSides { port, sides }),
+                by_local_port: ranked(&agg.closes_by_lport, top, |port, sides| PortSides {
+                    port: port_of(port),
+                    sides,
+                }),
                 by_remote_addr: ranked(&agg.closes_by_raddr, top, |addr, sides| AddrSides { addr, sides }),
                 by_container: ranked(&agg.closes_by_container, top, |container, sides| ContainerSides {
                     container,
                     sides,
                 }),
             },
+            failed_connects: FailedConnects {
+                total: agg.failed_connects,
+                rows: ranked(&agg.failed_connects_by, top, |k, count| {
+                    let (pid, comm) = process(k.process);
+                    FailedConnectCount {
+                        pid,
+                        comm,
+                        addr: k.remote.ip(),
+                        port: k.remote.port(),
+                        error: k.error.map(|e| e.name().into_owned()),
+                        count,
+                    }
+                }),
+            },
+            ephemeral_ports: agg.ephemeral.map(|r| r.to_string()),
             time_in_state: TcpState::LIFECYCLE
                 .iter()
                 .filter_map(|&s| {
@@ -401,6 +475,7 @@ impl Report {
             transitions: TransitionCount::all(counters),
             losses: Losses::of(counters),
             tcpext: Default::default(),
+            session: SessionInfo::default(),
         }
     }
 }

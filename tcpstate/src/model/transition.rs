@@ -112,6 +112,8 @@ pub struct Transition {
     /// When the socket was first seen, and whether that was its start.
     pub first_seen_ns: u64,
     pub seen_from_start: bool,
+    /// Opened by `connect()`: the local port is the client's.
+    pub connected: bool,
     pub owner: Option<Owner>,
     pub close: Option<CloseSide>,
     /// At CLOSE: the error a reset or a timeout closed the socket with.
@@ -182,6 +184,7 @@ impl Transition {
             in_old_state_ns: (raw.in_old_state_ns != abi::DURATION_UNKNOWN).then_some(raw.in_old_state_ns),
             first_seen_ns: raw.first_seen_ns,
             seen_from_start: flags.contains(RecordFlags::FROM_START),
+            connected: flags.contains(RecordFlags::CONNECTED),
             owner,
             close: CloseSide::try_from(raw.close).ok(),
             error: (raw.error != 0).then_some(SockError(raw.error)),

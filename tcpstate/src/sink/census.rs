@@ -76,7 +76,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        model::census::{GroupBy, Owners},
+        model::census::{GroupBy, Grouping, Owners},
         model::socket::{FourTuple, SockEntry},
     };
 
@@ -103,7 +103,13 @@ mod tests {
             cookie: 0,
             ..tw.clone()
         };
-        let c = Census::build(&[tw, est], Some(GroupBy::Lport), &Owners::new(), "ns1".into(), "T".into());
+        let c = Census::build(
+            &[tw, est],
+            Grouping { by: Some(GroupBy::Lport), ..Default::default() },
+            &Owners::new(),
+            "ns1".into(),
+            "T".into(),
+        );
         let text = render(&c, Format::Text, false).unwrap();
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines[0], "TCP sockets in ns1 at T: 2");

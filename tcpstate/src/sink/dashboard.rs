@@ -292,7 +292,7 @@ pub fn draw(frame: &mut Frame<'_>, v: &View) {
             .by_local_port
             .rows
             .iter()
-            .map(|p| Row::new(vec![p.port.to_string(), p.count.to_string()]))
+            .map(|p| Row::new(vec![super::local_port_label(p.port), p.count.to_string()]))
             .collect(),
         Grouping::Remote => tw
             .by_remote

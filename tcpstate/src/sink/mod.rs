@@ -29,6 +29,12 @@ pub fn owner_columns(pid: Option<u32>, comm: Option<&Comm>) -> (String, String) 
     (pid.map_or("-".into(), |p| p.to_string()), comm.map_or("-".into(), |c| c.to_string()))
 }
 
+/// A local port in a table: `ephem` for the ephemeral ports of connected
+/// sockets, which the report groups.
+pub fn local_port_label(port: Option<u16>) -> String {
+    port.map_or("ephem".into(), |p| p.to_string())
+}
+
 /// How results are written, decided once in the configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {

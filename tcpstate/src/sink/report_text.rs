@@ -92,7 +92,7 @@ pub fn render(out: &mut impl Write, r: &Report) -> fmt::Result {
         let (pid, comm) = owner(p.pid, &p.comm);
         (format!("{pid:<8} {comm}"), p.count)
     })?;
-    count_table(out, "LPORT", &tw.by_local_port, |p| (p.port.to_string(), p.count))?;
+    count_table(out, "LPORT", &tw.by_local_port, |p| (super::local_port_label(p.port), p.count))?;
     count_table(out, "REMOTE", &tw.by_remote, |e| {
         (std::net::SocketAddr::new(e.addr, e.port).to_string(), e.count)
     })?;
@@ -155,7 +155,25 @@ pub fn render(out: &mut impl Write, r: &Report) -> fmt::Result {
         (format!("{pid:<8} {comm}"), p.sides)
     })?;
     sides_table(out, "COMM", &c.by_comm, |p| (owner(None, &p.comm).1, p.sides))?;
-    sides_table(out, "LPORT", &c.by_local_port, |p| (p.port.to_string(), p.sides))?;
+    sides_table(out, "LPORT", &c.by_local_port, |p| (super::local_port_label(p.port), p.sides))?;
+    if let Some(range) = &r.ephemeral_ports {
+        writeln!(out, "  (LPORT ephem: connected sockets' ports in the ephemeral range {range})")?;
+    }
+
+    let f = &r.failed_connects;
+    if f.total > 0 {
+        writeln!(out, "\nFailed connects (SYN_SENT -> CLOSE): {}", f.total)?;
+        writeln!(out, "  {:<24} {:<30} {:<14} {:>9}", "PID      COMM", "REMOTE", "ERROR", "COUNT")?;
+        for row in &f.rows.rows {
+            let (pid, comm) = owner(row.pid, &row.comm);
+            let remote = std::net::SocketAddr::new(row.addr, row.port).to_string();
+            let error = row.error.as_deref().unwrap_or("-");
+            writeln!(out, "  {:<24} {remote:<30} {error:<14} {:>9}", format!("{pid:<8} {comm}"), row.count)?;
+        }
+        if f.rows.other > 0 {
+            writeln!(out, "  {:<24} {:<30} {:<14} {:>9}", "(other)", "", "", f.rows.other)?;
+        }
+    }
     sides_table(out, "RADDR", &c.by_remote_addr, |p| (p.addr.to_string(), p.sides))?;
     if c.by_container.rows.iter().any(|r| r.container.is_some()) {
         sides_table(out, "CONTAINER / CGROUP", &c.by_container, |r| (container(&r.container), r.sides))?;
@@ -223,7 +241,20 @@ pub fn render(out: &mut impl Write, r: &Report) -> fmt::Result {
             writeln!(out)?;
         }
     }
-    writeln!(out, "Covers {:.1} s.", r.elapsed_s)
+    let s = &r.session;
+    write!(out, "Covers {:.1} s", r.elapsed_s)?;
+    if !s.started.is_empty() {
+        write!(
+            out,
+            " ({} to {}), {} {} on {} (Linux {})",
+            s.started, s.ended, s.tool, s.version, s.host, s.kernel
+        )?;
+    }
+    let filters: Vec<String> = s.filters.iter().map(|(k, v)| format!("--{k} {}", v.join(","))).collect();
+    if !filters.is_empty() {
+        write!(out, "; filters: {}", filters.join(" "))?;
+    }
+    writeln!(out, ".")
 }
 
 #[cfg(test)]

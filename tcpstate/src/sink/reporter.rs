@@ -14,7 +14,7 @@ use crate::model::{
     aggregate::Aggregator,
     clock::Clock,
     counters::{KernelCounters, Readings},
-    report::Report,
+    report::{Report, SessionInfo},
 };
 
 #[derive(Serialize)]
@@ -69,10 +69,11 @@ pub struct Reporter<W: Write> {
     started: Instant,
     last: (Instant, KernelCounters),
     clock: Clock,
+    info: SessionInfo,
 }
 
 impl<W: Write> Reporter<W> {
-    pub fn new(out: W, format: Format, rows: usize, reports: Reports) -> Self {
+    pub fn new(out: W, format: Format, rows: usize, reports: Reports, info: SessionInfo) -> Self {
         let now = Instant::now();
         Self {
             out: BatchWriter::new(out),
@@ -82,6 +83,7 @@ impl<W: Write> Reporter<W> {
             started: now,
             last: (now, KernelCounters::default()),
             clock: Clock::new(),
+            info,
         }
     }
 
@@ -89,6 +91,10 @@ impl<W: Write> Reporter<W> {
         let elapsed = self.started.elapsed().as_secs_f64();
         let mut report = Report::build(aggregator, &readings.counters, self.rows, elapsed);
         report.tcpext = readings.tcpext.clone();
+        report.session = SessionInfo {
+            ended: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+            ..self.info.clone()
+        };
         report
     }
 
@@ -149,7 +155,13 @@ mod tests {
 
     #[test]
     fn json_documents_and_rates() {
-        let mut reporter = Reporter::new(Vec::new(), Format::Json, 5, Reports::Every(Duration::from_secs(1)));
+        let mut reporter = Reporter::new(
+            Vec::new(),
+            Format::Json,
+            5,
+            Reports::Every(Duration::from_secs(1)),
+            SessionInfo::default(),
+        );
         let mut agg = Aggregator::new(16, 64);
         server_closes_first(&mut agg, 1);
         let mut counters = KernelCounters::default();

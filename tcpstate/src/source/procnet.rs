@@ -10,8 +10,23 @@ use crate::model::{
     census::{Owners, SocketOwner},
     cgroup::Cgroup,
     counters::{NamespaceTcpExt, ProcessUsage},
+    filter::PortRange,
     transition::Comm,
 };
+
+/// The host's name and kernel release (`uname -n`, `uname -r`).
+pub fn host() -> (String, String) {
+    // SAFETY: uname fills a zeroed struct it is given.
+    let mut name: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut name) } != 0 {
+        return Default::default();
+    }
+    let text = |field: &[libc::c_char]| {
+        let bytes: Vec<u8> = field.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    (text(&name.nodename), text(&name.release))
+}
 
 /// This process's CPU time (user + system) and resident memory.
 pub fn self_usage() -> ProcessUsage {
@@ -210,6 +225,9 @@ pub fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> B
 /// A TCP setting people copy from blog posts, and what it really does.
 pub struct Knob {
     pub name: &'static str,
+    /// The kernel's default; `None` where the kernel sizes it at boot from
+    /// the machine's memory.
+    pub default: Option<&'static str>,
     pub meaning: &'static str,
 }
 
@@ -217,45 +235,62 @@ pub struct Knob {
 pub const KNOBS: [Knob; 9] = [
     Knob {
         name: "tcp_fin_timeout",
+        default: Some("60"),
         meaning: "how long an orphaned socket (its app already closed it) waits in FIN_WAIT2 for the peer's FIN. \
                   It does NOT shorten TIME_WAIT, which is fixed at 60 s; a socket's TCP_LINGER2 overrides it.",
     },
     Knob {
         name: "tcp_tw_reuse",
+        default: Some("2"),
         meaning: "lets connect() take over a TIME_WAIT 4-tuple once it is tcp_tw_reuse_delay old (needs TCP \
                   timestamps). Outgoing connections only; it does nothing for a server. 0 off, 1 on, 2 loopback only.",
     },
     Knob {
         name: "tcp_tw_reuse_delay",
+        default: Some("1000"),
         meaning: "ms a TIME_WAIT socket must age before tcp_tw_reuse may reuse its 4-tuple.",
     },
     Knob {
         name: "tcp_max_tw_buckets",
+        default: None,
         meaning: "cap on timewait sockets in this namespace. Past it, TIME_WAIT is skipped (the connection loses its \
                   protection against old duplicates) and TcpExt TCPTimeWaitOverflow counts each one.",
     },
     Knob {
         name: "tcp_tw_recycle",
+        default: None,
         meaning: "removed in Linux 4.12: it broke clients behind NAT. A recipe that sets it fails.",
     },
     Knob {
         name: "ip_local_port_range",
+        default: Some("32768 60999"),
         meaning: "ephemeral ports for outgoing connections. A client-side TIME_WAIT keeps its port busy for that \
                   4-tuple for 60 s, which is how TIME_WAIT exhausts ports.",
     },
     Knob {
         name: "tcp_syncookies",
+        default: Some("1"),
         meaning: "answer SYNs with cookies when the SYN backlog overflows: 0 off, 1 on overflow, 2 always.",
     },
     Knob {
         name: "tcp_max_syn_backlog",
+        default: None,
         meaning: "half-open connections kept per listener before SYNs are dropped or cookied.",
     },
     Knob {
         name: "tcp_keepalive_time",
+        default: Some("7200"),
         meaning: "seconds an idle connection waits before the first keepalive probe, for sockets with SO_KEEPALIVE.",
     },
 ];
+
+/// `ip_local_port_range` of tcpstate's namespace: where `connect()` takes
+/// its local ports (the traced namespaces usually keep the default).
+pub fn ephemeral_ports() -> Option<PortRange> {
+    let range = read_knob(Path::new("/proc/sys/net/ipv4"), "ip_local_port_range")?;
+    let (first, last) = range.split_once(' ')?;
+    Some(PortRange { first: first.parse().ok()?, last: last.parse().ok()? })
+}
 
 /// Fixed in the kernel, with no sysctl: what every TIME_WAIT lasts.
 pub const TIME_WAIT_LEN_S: u64 = 60;
