@@ -36,6 +36,26 @@ pub enum Command {
     /// Serve Prometheus / OpenMetrics metrics: transitions, time in state,
     /// timewait ends, closes and TIME_WAIT producers by container
     Export(ExportArgs),
+    /// Print a shell completion script or a man page (for packagers)
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[arg(value_enum)]
+    pub kind: Generated,
+    /// For `man`: the page of this subcommand (tcpstate-SUBCOMMAND)
+    #[arg(long, value_name = "SUBCOMMAND")]
+    pub command: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Generated {
+    Man,
+    CompleteBash,
+    CompleteZsh,
+    CompleteFish,
 }
 
 #[derive(Debug, Args)]

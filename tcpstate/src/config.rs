@@ -129,6 +129,14 @@ pub enum Config {
     Report(Report),
     Census(Census),
     Sysctl(Sysctl),
+    Generate(Generate),
+}
+
+/// `tcpstate generate`: what to print.
+#[derive(Clone, Debug)]
+pub struct Generate {
+    pub kind: cli::Generated,
+    pub command: Option<String>,
 }
 
 /// The namespace named by `--netns`, and what to call it.
@@ -222,6 +230,7 @@ impl Config {
                     if dashboard { View::Dashboard(top.interval) } else { View::Periodic(top.interval) };
                 Self::Report(report(&top.stats, view)?)
             }
+            Command::Generate(args) => Self::Generate(Generate { kind: args.kind, command: args.command }),
             Command::Census(args) => {
                 let (netns, netns_name) = netns(args.netns.as_deref())?;
                 Self::Census(Census {

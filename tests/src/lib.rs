@@ -471,7 +471,11 @@ pub fn states(events: &[&Transition]) -> Vec<&'static str> {
 }
 
 /// Splits the events into socket lives: per socket address, each ending at
-/// CLOSE (addresses are reused as soon as a socket is freed).
+/// CLOSE (addresses are reused as soon as a socket is freed). A child that
+/// goes LISTEN → SYN_RECV → CLOSE and nothing else is left out: when two
+/// CPUs complete one connection request at once (the ACK and the first
+/// segment after it), the kernel makes two children and frees the loser,
+/// which is no connection of the test's.
 pub fn lives(events: &[Transition]) -> Vec<Vec<&Transition>> {
     let mut open: std::collections::HashMap<u64, Vec<&Transition>> = Default::default();
     let mut done = Vec::new();
@@ -482,6 +486,7 @@ pub fn lives(events: &[Transition]) -> Vec<Vec<&Transition>> {
         }
     }
     done.extend(open.into_values());
+    done.retain(|life| states(life) != ["LISTEN", "SYN_RECV", "CLOSE"]);
     done
 }
 

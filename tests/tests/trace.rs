@@ -477,8 +477,11 @@ fn i_listeners_are_told_apart_by_namespace() {
         ((got.events, servers), got.lost)
     });
     assert_eq!(servers.len(), 2);
-    let accepted: Vec<_> =
-        events.iter().filter(|t| t.old == TcpState::LISTEN && t.new == TcpState::SYN_RECV).collect();
+    let lives = lives(&events);
+    let accepted: Vec<_> = lives
+        .iter()
+        .filter_map(|l| l.first().filter(|t| t.old == TcpState::LISTEN && t.new == TcpState::SYN_RECV))
+        .collect();
     assert_eq!(accepted.len(), 2, "{events:#?}");
     for t in accepted {
         assert_eq!(t.owner.map(|o| o.pid), servers.get(&t.netns).copied(), "{t:?} (servers: {servers:?})");

@@ -1,10 +1,11 @@
-//! Project tasks: `cargo xtask <setup|build|run|test|vm-test|lint|bench>`.
+//! Project tasks: `cargo xtask <setup|build|run|test|vm-test|lint|bench|package>`.
 //!
 //! Every task that builds runs `setup` first, so one command works on a
 //! fresh machine.
 
 mod bench;
 mod layers;
+mod package;
 mod setup;
 mod vm;
 
@@ -60,6 +61,14 @@ enum Task {
     Layers,
     /// Measure tracer overhead under connection churn (root; not a test)
     Bench(bench::Options),
+    /// Set up, build the release binary, and make a .deb of it with its man
+    /// pages, shell completions and systemd unit (target/package/)
+    Package {
+        /// Then install it into an empty root with dpkg and run it there
+        /// under chroot (root; `cargo xtask test` does this too)
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,6 +85,9 @@ fn main() -> ExitCode {
         Task::Lint => setup::setup().and_then(|()| lint()),
         Task::Layers => layers::check(),
         Task::Bench(opts) => setup::setup().and_then(|()| bench::bench(&opts)),
+        Task::Package { check } => setup::setup()
+            .and_then(|()| package::package())
+            .and_then(|deb| if check { package::check(&deb) } else { Ok(()) }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,7 +126,7 @@ pub fn capture(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn build() -> anyhow::Result<PathBuf> {
+pub fn build() -> anyhow::Result<PathBuf> {
     run_cmd(cargo().args(["build", "--release", "--package", "tcpstate"]))?;
     Ok(workspace_root().join("target/release/tcpstate"))
 }
@@ -132,6 +144,9 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         // The host's tests use the test packages too (Prometheus, promtool).
         vm::setup()?;
         run_cmd(&mut host_tests(args))?;
+        if args.is_empty() {
+            package::check(&package::package()?)?;
+        }
     } else {
         println!("xtask: not root, so the real-kernel tests will skip");
         run_cmd(cargo().args(["test", "--workspace"]).args(args))?;

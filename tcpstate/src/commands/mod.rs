@@ -4,6 +4,7 @@
 
 pub mod census;
 pub mod export;
+pub mod generate;
 pub mod stats;
 pub mod sysctl;
 pub mod top;
@@ -29,6 +30,7 @@ pub async fn run(config: Config, out: Output<'_>) -> anyhow::Result<()> {
         Config::Census(c) => census::run(c, out).await,
         Config::Export(c) => export::run(c, out).await,
         Config::Sysctl(c) => sysctl::run(c, out),
+        Config::Generate(c) => generate::run(&c, out),
     }
 }
 
