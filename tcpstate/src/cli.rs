@@ -173,6 +173,10 @@ pub struct TopArgs {
 
 #[derive(Debug, Args)]
 pub struct StatsArgs {
+    /// Report a recording (`trace --json` output; - for stdin) instead of
+    /// tracing: the report `stats` would have printed live
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub filters: FilterArgs,
     #[command(flatten)]

@@ -91,6 +91,8 @@ pub struct Report {
     pub view: View,
     /// Rows per ranked table.
     pub rows: usize,
+    /// `stats --from`: a recording to report instead of a live session.
+    pub from: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -197,11 +199,20 @@ fn session(filter_args: &cli::FilterArgs, args: &cli::SessionArgs, summary: bool
 }
 
 fn report(args: &cli::StatsArgs, view: View) -> anyhow::Result<Report> {
+    let session = session(&args.filters, &args.session, true)?;
+    if args.from.is_some() && (session.filters != Filters::default() || args.session.duration.is_some()) {
+        return Err(UsageError(
+            "--from reports the recording as it was made: its filters and duration are the recording's"
+                .into(),
+        )
+        .into());
+    }
     Ok(Report {
-        session: session(&args.filters, &args.session, true)?,
+        session,
         format: format(args.report.json),
         view,
         rows: args.report.top.into(),
+        from: args.from.clone(),
     })
 }
 
@@ -225,6 +236,9 @@ impl Config {
             }),
             Command::Stats(args) => Self::Report(report(&args, View::Final)?),
             Command::Top(top) => {
+                if top.stats.from.is_some() {
+                    return Err(UsageError("--from is for stats: top shows a live session".into()).into());
+                }
                 let dashboard = stdout_is_terminal && !top.stats.report.json;
                 let view =
                     if dashboard { View::Dashboard(top.interval) } else { View::Periodic(top.interval) };

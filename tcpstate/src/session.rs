@@ -151,6 +151,7 @@ pub fn start(session: &config::Session) -> anyhow::Result<Running> {
         ended: String::new(),
         filters: session.filters.describe(),
         timewait: pipeline.follower.as_ref().map(|f| f.sources().describe()),
+        ephemeral_ports: procnet::ephemeral_ports().map(|r| r.to_string()),
     };
     Ok(Running {
         pipeline,

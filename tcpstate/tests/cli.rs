@@ -563,3 +563,30 @@ fn verbosity_levels() {
     let vvv = run("-vvv");
     assert!(vvv.iter().any(|l| l.contains("aya")), "{} lines", vvv.len());
 }
+
+/// `stats --from` with bad input: one line, exit 1 for a file that is not a
+/// recording, 2 for flags that cannot go with it.
+#[test]
+fn stats_from_bad_input() {
+    let dir = std::env::temp_dir();
+    let garbage = dir.join(format!("tcpstate-garbage-{}.jsonl", std::process::id()));
+    std::fs::write(&garbage, "this is not a recording\n").unwrap();
+    let headless = dir.join(format!("tcpstate-headless-{}.jsonl", std::process::id()));
+    std::fs::write(&headless, "{\"kind\":\"summary\",\"ended\":\"2026-12-03T00:00:00Z\",\"transitions\":[],\"total_transitions\":0,\"losses\":{\"events_received\":0,\"events_dropped\":0,\"socket_insert_failed\":0,\"unreadable_records\":0,\"tracepoint_hits_skipped\":0,\"sockets_with_missed_transitions\":0,\"sockets_evicted\":0}}\n").unwrap();
+    let (garbage_s, headless_s) = (garbage.to_str().unwrap(), headless.to_str().unwrap());
+    for (args, code, says) in [
+        (&["stats", "--from", garbage_s][..], 1, ":1: not a line of tcpstate trace --json"),
+        (&["stats", "--from", headless_s], 1, "no session line first"),
+        (&["stats", "--from", "/no/such/recording"], 1, "opening /no/such/recording"),
+        (&["stats", "--from", garbage_s, "--port", "80"], 2, "--from reports the recording as it was made"),
+        (&["top", "--from", garbage_s], 2, "--from is for stats"),
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {out:?}");
+        let lines = stderr_lines(&out);
+        assert_eq!(lines.len(), 1, "{args:?}: {lines:?}");
+        assert!(lines[0].contains(says), "{args:?}: {lines:?}");
+    }
+    let _ = std::fs::remove_file(garbage);
+    let _ = std::fs::remove_file(headless);
+}

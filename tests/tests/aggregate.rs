@@ -1,7 +1,7 @@
 //! `tcpstate stats` and `tcpstate top` against the real kernel, with known
 //! numbers.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::Value;
 use tcpstate_tests::*;
@@ -571,4 +571,86 @@ fn failed_connects_by_process_and_destination() {
         assert_eq!(row["count"], 1, "{row}");
     }
     assert_eq!(report["time_wait"]["total"], 0);
+}
+
+/// A recording (`trace --json`) reported later (`stats --from`) says what
+/// `stats` said live about the same traffic: the same counts, and
+/// percentiles within the two histograms' precision (the kernel's ±6.25 %
+/// buckets live, ±1 % from the recorded durations).
+#[test]
+fn a_recording_reports_as_stats_did_live() {
+    if !kernel_tests_possible("recording_round_trip") {
+        return;
+    }
+    let (live, recorded) = rerun_if_transitions_lost("recording_round_trip", || {
+        let ns = Netns::new("record");
+        let (pa, ps) = (unique_port(), unique_port());
+        let ports = format!("{pa},{ps}");
+        let stats = CommandRun::start(&["stats", "--json", "--port", &ports]);
+        let trace = CommandRun::start(&["trace", "--json", "--port", &ports]);
+        let (a, s) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{ps}"));
+        let servers = [
+            Peer::server(&ns, "tsp-rec-a", &["server", "--listen", &a, "--count", "12", "--close", "second"]),
+            Peer::server(&ns, "tsp-rec-s", &["server", "--listen", &s, "--count", "6", "--close", "first"]),
+        ];
+        let clients = [
+            Peer::spawn(
+                &ns,
+                "tsp-rec-ca",
+                false,
+                &["client", "--connect", &a, "--count", "12", "--close", "first"],
+            ),
+            Peer::spawn(
+                &ns,
+                "tsp-rec-cs",
+                false,
+                &["client", "--connect", &s, "--count", "6", "--close", "second"],
+            ),
+        ];
+        for peer in clients.into_iter().chain(servers) {
+            peer.finish();
+        }
+        ns.wait_until_quiet();
+        let (stats, trace) = (stats.stop(), trace.stop());
+        let lost = stats.lost().max(trace.lost());
+        let recording = std::env::temp_dir().join(format!("tcpstate-recording-{}.jsonl", std::process::id()));
+        std::fs::write(&recording, &trace.stdout).unwrap();
+        let replayed = CommandRun::run_to_end(&["stats", "--json", "--from", recording.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&recording);
+        let live: Value = serde_json::from_str(&stats.stdout).expect("stats: one JSON document");
+        let recorded: Value = serde_json::from_str(&replayed.stdout)
+            .unwrap_or_else(|e| panic!("stats --from: {e}: {replayed:?}"));
+        ((live, recorded), lost)
+    });
+    for key in ["time_wait", "closes", "failed_connects", "transitions"] {
+        assert_eq!(recorded[key], live[key], "{key}");
+    }
+    assert_eq!(recorded["time_wait"]["total"], 18, "{:#}", recorded["time_wait"]);
+    assert_eq!(recorded["timewait_ends"]["in_timewait_now"], live["timewait_ends"]["in_timewait_now"]);
+    assert_eq!(recorded["lifetime"]["count"], live["lifetime"]["count"]);
+    assert_eq!(recorded["session"]["filters"], live["session"]["filters"]);
+    let distributions = |doc: &Value| -> BTreeMap<String, Value> {
+        doc["time_in_state"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| (d["state"].as_str().unwrap().to_string(), d.clone()))
+            .collect()
+    };
+    let (live_d, recorded_d) = (distributions(&live), distributions(&recorded));
+    assert_eq!(live_d.keys().collect::<Vec<_>>(), recorded_d.keys().collect::<Vec<_>>());
+    // Both are upper bounds of their buckets: ±6.25 % live, ±1 % recorded.
+    // And each tracer's program takes its own timestamps at every hit, one
+    // program's run apart (a few µs, more on a slow machine): durations of
+    // a few µs can differ by that much.
+    let jitter_ns = scaled(Duration::from_micros(5)).as_nanos() as f64;
+    let close = |a: f64, b: f64| (a - b).abs() <= 0.0725 * a.max(b) + jitter_ns;
+    for (state, l) in &live_d {
+        let r = &recorded_d[state];
+        assert_eq!(r["count"], l["count"], "{state}");
+        for q in ["p50_ns", "p90_ns"] {
+            let (lv, rv) = (l[q].as_f64().unwrap(), r[q].as_f64().unwrap());
+            assert!(close(lv, rv), "{state} {q}: live {lv}, recorded {rv}");
+        }
+    }
 }

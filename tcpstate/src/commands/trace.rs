@@ -20,7 +20,10 @@ pub async fn run(config: Trace, out: Output<'_>) -> anyhow::Result<()> {
     let clock = Clock::new();
     // Text and CSV start with a header, which may find stdout closed.
     let started: std::io::Result<Box<dyn Sink + '_>> = match config.format {
-        Format::Json => Ok(Box::new(JsonSink::new(out.writer, clock))),
+        Format::Json => {
+            let mut sink = JsonSink::new(out.writer, clock);
+            sink.header(&session.info()).map(|()| Box::new(sink) as Box<dyn Sink>)
+        }
         Format::Csv => CsvSink::new(out.writer, clock).map(|s| Box::new(s) as Box<dyn Sink>),
         Format::Text => {
             let layout = Layout::new(config.text, clock, Clock::monotonic_now_ns());

@@ -111,7 +111,7 @@ impl Filters {
     }
 
     /// The filters in force, by flag, as a report's header names them.
-    pub fn describe(&self) -> BTreeMap<&'static str, Vec<String>> {
+    pub fn describe(&self) -> BTreeMap<String, Vec<String>> {
         fn strings<T: ToString>(items: &[T]) -> Vec<String> {
             items.iter().map(T::to_string).collect()
         }
@@ -128,6 +128,7 @@ impl Filters {
         ]
         .into_iter()
         .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
 

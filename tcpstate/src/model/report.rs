@@ -295,15 +295,18 @@ impl Losses {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TraceSummary {
     pub kind: &'static str,
+    /// RFC 3339, UTC: when the run ended.
+    pub ended: String,
     pub transitions: Vec<TransitionCount>,
     pub total_transitions: u64,
     pub losses: Losses,
 }
 
 impl TraceSummary {
-    pub fn of(counters: &KernelCounters) -> Self {
+    pub fn of(counters: &KernelCounters, ended: String) -> Self {
         Self {
             kind: "summary",
+            ended,
             transitions: TransitionCount::all(counters),
             total_transitions: counters.total_transitions(),
             losses: Losses::of(counters),
@@ -312,7 +315,8 @@ impl TraceSummary {
 }
 
 /// What a report came from: the tool, the host, the time span, the filters.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+/// Also the first line of a `trace --json` recording.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SessionInfo {
     pub tool: String,
     pub version: String,
@@ -321,12 +325,15 @@ pub struct SessionInfo {
     pub kernel: String,
     /// RFC 3339, UTC: when the tracer attached, and when the report was made.
     pub started: String,
+    #[serde(default)]
     pub ended: String,
     /// The filters in force, by flag (`port`, `pid`, `netns`, …); empty:
     /// every TCP socket.
-    pub filters: std::collections::BTreeMap<&'static str, Vec<String>>,
+    pub filters: std::collections::BTreeMap<String, Vec<String>>,
     /// How timewait sockets were followed, if they were.
     pub timewait: Option<String>,
+    /// `ip_local_port_range`, which the local-port tables group.
+    pub ephemeral_ports: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -41,6 +41,11 @@ impl TcpState {
     pub fn name(self) -> &'static str {
         abi::state_name(self.0).unwrap_or("UNKNOWN")
     }
+
+    /// The state a kernel name (`"FIN_WAIT2"`) names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        (0..=u8::MAX).map(Self).find(|s| abi::state_name(s.0) == Some(name))
+    }
 }
 
 impl fmt::Display for TcpState {
@@ -70,6 +75,13 @@ impl SockError {
             other => return format!("errno {other}").into(),
         };
         name.into()
+    }
+}
+
+impl SockError {
+    /// The error a name from [`SockError::name`] stands for.
+    pub fn from_name(name: &str) -> Option<Self> {
+        (1..=u8::MAX).map(Self).find(|e| e.name() == name)
     }
 }
 

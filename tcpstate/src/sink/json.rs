@@ -9,11 +9,16 @@ use std::{
 use std::net::IpAddr;
 
 use bytes::{BufMut as _, BytesMut};
+use serde::Serialize;
 
 use super::{BatchWriter, Sink};
 use crate::model::timewait::TwEvent;
 use crate::model::{
-    cgroup::Cgroup, clock::Clock, counters::KernelCounters, report::TraceSummary, state::TcpState,
+    cgroup::Cgroup,
+    clock::Clock,
+    counters::KernelCounters,
+    report::{SessionInfo, TraceSummary},
+    state::TcpState,
     transition::Transition,
 };
 
@@ -31,6 +36,21 @@ pub struct JsonSink<W: Write> {
 impl<W: Write> JsonSink<W> {
     pub fn new(out: W, clock: Clock) -> Self {
         Self { out: BatchWriter::new(out), clock, second: None }
+    }
+
+    /// The first line of a recording: what the session is (`stats --from`
+    /// reads it back).
+    pub fn header(&mut self, info: &SessionInfo) -> io::Result<()> {
+        #[derive(Serialize)]
+        struct Header<'a> {
+            kind: &'static str,
+            #[serde(flatten)]
+            info: &'a SessionInfo,
+        }
+        let buf = self.out.buf();
+        serde_json::to_writer(buf.writer(), &Header { kind: "session", info })?;
+        buf.put_u8(b'\n');
+        self.out.flush()
     }
 
     pub fn into_inner(self) -> W {
@@ -172,6 +192,10 @@ impl<W: Write> Sink for JsonSink<W> {
             .raw(t.new.name())
             .raw("\",\"in_old_state_ns\":")
             .opt_num(t.in_old_state_ns)
+            .raw(",\"first_seen_ns\":")
+            .num(t.first_seen_ns)
+            .raw(if t.seen_from_start { ",\"seen_from_start\":true" } else { ",\"seen_from_start\":false" })
+            .raw(if t.connected { ",\"connected\":true" } else { ",\"connected\":false" })
             .raw(",\"pid\":")
             .opt_num(t.owner.as_ref().map(|o| o.pid))
             .raw(",\"comm\":")
@@ -206,8 +230,9 @@ impl<W: Write> Sink for JsonSink<W> {
     }
 
     fn summary(&mut self, counters: &KernelCounters) -> io::Result<()> {
+        let ended = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
         let buf = self.out.buf();
-        serde_json::to_writer(buf.writer(), &TraceSummary::of(counters))?;
+        serde_json::to_writer(buf.writer(), &TraceSummary::of(counters, ended))?;
         buf.put_u8(b'\n');
         self.out.flush()
     }
@@ -217,8 +242,8 @@ impl<W: Write> Sink for JsonSink<W> {
         let (date, micros) = cached_time(clock, second, e.at_ns());
         let k = e.key();
         let (event, substate, cause, fin_wait2, time_wait, expires_at) = match e {
-            TwEvent::Entered { substate, expires_at_ns, .. } => {
-                ("entered", Some(substate.name()), None, None, None, *expires_at_ns)
+            TwEvent::Entered { substate, expires_at_ns, fin_wait2_ns, .. } => {
+                ("entered", Some(substate.name()), None, *fin_wait2_ns, None, *expires_at_ns)
             }
             TwEvent::FinArrived { fin_wait2_ns, .. } => {
                 ("fin_arrived", Some("TIME_WAIT"), None, Some(*fin_wait2_ns), None, None)
@@ -355,6 +380,7 @@ mod tests {
             "daddr": "127.0.0.2", "dport": 80,
             "old_state": "ESTABLISHED", "new_state": "FIN_WAIT1",
             "in_old_state_ns": 1_500_000,
+            "first_seen_ns": 900_000_000u64, "seen_from_start": true, "connected": false,
             "pid": 4242, "comm": "curl", "owner_from_listener": false, "owner_at_start": false,
             "cgroup": null, "container": null,
             "close": "active", "error": null, "handover": false,

@@ -70,6 +70,8 @@ pub struct Reporter<W: Write> {
     last: (Instant, KernelCounters),
     clock: Clock,
     info: SessionInfo,
+    /// A recording's span: the report covers it, not the time since start.
+    covers_s: Option<f64>,
 }
 
 impl<W: Write> Reporter<W> {
@@ -84,16 +86,27 @@ impl<W: Write> Reporter<W> {
             last: (now, KernelCounters::default()),
             clock: Clock::new(),
             info,
+            covers_s: None,
         }
     }
 
+    /// Reports cover `seconds` (a recording's span) and keep the session's
+    /// own end time.
+    pub fn covering(mut self, seconds: f64) -> Self {
+        self.covers_s = Some(seconds);
+        self
+    }
+
     pub fn report(&self, aggregator: &Aggregator, readings: &Readings) -> Report {
-        let elapsed = self.started.elapsed().as_secs_f64();
+        let elapsed = self.covers_s.unwrap_or_else(|| self.started.elapsed().as_secs_f64());
         let mut report = Report::build(aggregator, &readings.counters, self.rows, elapsed);
         report.tcpext = readings.tcpext.clone();
-        report.session = SessionInfo {
-            ended: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
-            ..self.info.clone()
+        report.session = match self.covers_s {
+            Some(_) => self.info.clone(),
+            None => SessionInfo {
+                ended: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+                ..self.info.clone()
+            },
         };
         report
     }

@@ -6,6 +6,7 @@ pub mod follower;
 pub mod hooks;
 pub mod preflight;
 pub mod procnet;
+pub mod recording;
 pub mod sockdiag;
 pub mod start_owners;
 pub mod tracefs;

@@ -96,6 +96,16 @@ impl Sources {
             format!("substates by {}, ends by {}", self.substates.name(), self.ends.name())
         }
     }
+
+    /// What [`Sources::describe`] said (a recording's session line).
+    pub fn from_description(text: &str) -> Option<Self> {
+        let measured =
+            |name: &str| [Measured::SockDiag, Measured::Fentry].into_iter().find(|m| m.name() == name);
+        match text.strip_prefix("substates by ").and_then(|rest| rest.split_once(", ends by ")) {
+            Some((substates, ends)) => Some(Self { substates: measured(substates)?, ends: measured(ends)? }),
+            None => measured(text).map(|m| Self { substates: m, ends: m }),
+        }
+    }
 }
 
 /// What following timewait sockets has seen and cost, for the summary.
