@@ -79,7 +79,8 @@ impl SortKey {
 /// What one frame shows; built at each refresh.
 pub struct View {
     pub report: Report,
-    pub rates: Vec<(String, f64)>,
+    /// Transitions per second, by (old, new) state name.
+    pub rates: Vec<(&'static str, &'static str, f64)>,
     pub closes_by_process: Vec<(String, Sides)>,
     pub grouping: Grouping,
     pub sort: SortKey,
@@ -125,7 +126,7 @@ impl Dashboard {
         let now = Instant::now();
         let rates = rates(counters, &self.last.1, now.duration_since(self.last.0).as_secs_f64())
             .into_iter()
-            .map(|r| (format!("{} -> {}", r.old, r.new), r.per_s))
+            .map(|r| (r.old, r.new, r.per_s))
             .collect();
         self.last = (now, counters.clone());
         let sort = self.sort;
@@ -210,16 +211,39 @@ fn header(cells: &[&'static str]) -> Row<'static> {
     Row::new(cells.to_vec()).style(Style::new().add_modifier(Modifier::BOLD))
 }
 
+/// Below this width, state names are abbreviated (as `ss` does) and the
+/// closes table keeps its two main columns.
+const NARROW: u16 = 110;
+/// Below this height, the boxes shrink to fit an 80×24 terminal.
+const SHORT: u16 = 34;
+
+/// A state name in at most 8 characters, deliberately: `ESTAB`, `FIN_W2`.
+fn short_state(name: &str) -> &str {
+    match name {
+        "ESTABLISHED" => "ESTAB",
+        "FIN_WAIT1" => "FIN_W1",
+        "FIN_WAIT2" => "FIN_W2",
+        "TIME_WAIT" => "TIME_W",
+        "CLOSE_WAIT" => "CLOSE_W",
+        other => other,
+    }
+}
+
 pub fn draw(frame: &mut Frame<'_>, v: &View) {
     let r = &v.report;
+    let area = frame.area();
+    let narrow = area.width < NARROW;
+    let short = area.height < SHORT;
+    let state = |name: &'static str| if narrow { short_state(name) } else { name };
+    let states_shown = r.time_in_state.len() as u16 + u16::from(r.lifetime.is_some());
     let [title, top, middle, bottom, help] = Layout::vertical([
         Constraint::Length(1),
-        Constraint::Length(10),
-        Constraint::Min(8),
-        Constraint::Length(r.time_in_state.len() as u16 + 4),
+        Constraint::Length(if short { 7 } else { 10 }),
+        Constraint::Min(if short { 5 } else { 8 }),
+        Constraint::Length(if short { (states_shown + 3).min(8) } else { states_shown + 4 }),
         Constraint::Length(1),
     ])
-    .areas(frame.area());
+    .areas(area);
 
     let mut spans = vec![
         Span::raw(format!(
@@ -250,31 +274,48 @@ pub fn draw(frame: &mut Frame<'_>, v: &View) {
     }
     frame.render_widget(Paragraph::new(Line::from(spans)), title);
 
+    let (states_w, sides_w) = if narrow { (24, 20) } else { (30, 30) };
     let [states, rates, sides] =
-        Layout::horizontal([Constraint::Length(26), Constraint::Min(30), Constraint::Length(30)]).areas(top);
-    let state_rows =
-        r.sockets.by_state.iter().map(|c| Row::new(vec![c.state.to_string(), c.count.to_string()]));
+        Layout::horizontal([Constraint::Length(states_w), Constraint::Min(20), Constraint::Length(sides_w)])
+            .areas(top);
+    // Full sockets by state, then the connections in timewait sockets now,
+    // which are no full socket's state.
+    let mut state_rows: Vec<Row<'_>> = r
+        .sockets
+        .by_state
+        .iter()
+        .map(|c| Row::new(vec![state(c.state).to_string(), c.count.to_string()]))
+        .collect();
+    if let Some(e) = &r.timewait_ends {
+        state_rows.push(Row::new(vec!["TIME_WAIT now".to_string(), e.in_time_wait_now.to_string()]).bold());
+        state_rows.push(Row::new(vec!["FIN_W2 now".to_string(), e.in_fin_wait2_now.to_string()]));
+    }
+    let followed = match r.sockets.followed {
+        0 => "Sockets: none open".to_string(),
+        n => format!("Sockets: {n}"),
+    };
     frame.render_widget(
-        Table::new(state_rows, [Constraint::Length(12), Constraint::Length(10)])
-            .header(header(&["STATE", "SOCKETS"]))
-            .block(Block::bordered().title(format!("Followed: {}", r.sockets.followed))),
+        Table::new(state_rows, [Constraint::Length(13), Constraint::Length(8)])
+            .block(Block::bordered().title(followed)),
         states,
     );
-    let rate_rows = v.rates.iter().map(|(pair, per_s)| Row::new(vec![pair.clone(), format!("{per_s:.0}")]));
+    let rate_rows = v.rates.iter().map(|(old, new, per_s)| {
+        Row::new(vec![format!("{} -> {}", state(old), state(new)), format!("{per_s:.0}")])
+    });
     frame.render_widget(
-        Table::new(rate_rows, [Constraint::Length(26), Constraint::Length(10)])
+        Table::new(rate_rows, [Constraint::Min(14), Constraint::Length(8)])
             .header(header(&["TRANSITION", "PER S"]))
             .block(Block::bordered().title("Transitions/s")),
         rates,
     );
     let c = &r.closes.total;
+    let simultaneous = if narrow { "simult" } else { "simultaneous" };
     let side_rows =
-        [("active", c.active), ("passive", c.passive), ("simultaneous", c.simultaneous), ("reset", c.reset)]
+        [("active", c.active), ("passive", c.passive), (simultaneous, c.simultaneous), ("reset", c.reset)]
             .map(|(n, v)| Row::new(vec![n.to_string(), v.to_string()]));
     frame.render_widget(
-        Table::new(side_rows, [Constraint::Length(14), Constraint::Length(10)])
-            .header(header(&["SIDE", "CLOSES"]))
-            .block(Block::bordered().title(format!("Closes ({} no side)", r.closes.unknown))),
+        Table::new(side_rows, [Constraint::Length(if narrow { 8 } else { 14 }), Constraint::Length(9)])
+            .block(Block::bordered().title(format!("Closes, {} no side", r.closes.unknown))),
         sides,
     );
 
@@ -306,77 +347,83 @@ pub fn draw(frame: &mut Frame<'_>, v: &View) {
     frame.render_widget(
         Table::new(tw_rows, [Constraint::Min(24), Constraint::Length(10)])
             .header(header(&["BY", "TIME_WAIT"]))
-            .block(Block::bordered().title(format!(
-                "TIME_WAIT producers: {} (g: by {})",
-                tw.total,
-                v.grouping.name()
-            ))),
+            .block(Block::bordered().title(if narrow {
+                format!("TIME_WAIT: {} (g: {})", tw.total, v.grouping.name())
+            } else {
+                format!("TIME_WAIT producers: {} (g: by {})", tw.total, v.grouping.name())
+            })),
         producers,
     );
+    // Narrow: the two sides that matter for TIME_WAIT; the others are in
+    // the Closes box.
+    let columns = if narrow { 3 } else { 5 };
     let close_rows = v.closes_by_process.iter().map(|(who, s)| {
-        Row::new(vec![
+        let cells = [
             who.clone(),
             s.active.to_string(),
             s.passive.to_string(),
             s.simultaneous.to_string(),
             s.reset.to_string(),
-        ])
+        ];
+        Row::new(cells[..columns].to_vec())
     });
+    let widths = [
+        Constraint::Min(16),
+        Constraint::Length(8),
+        Constraint::Length(8),
+        Constraint::Length(8),
+        Constraint::Length(8),
+    ];
+    let titles = ["PID     COMM", "ACTIVE", "PASSIVE", "SIMULT", "RESET"];
+    let sorted = if narrow { "s: sort" } else { "s: sorted by" };
     frame.render_widget(
-        Table::new(
-            close_rows,
-            [
-                Constraint::Min(20),
-                Constraint::Length(8),
-                Constraint::Length(8),
-                Constraint::Length(8),
-                Constraint::Length(8),
-            ],
-        )
-        .header(header(&["PID     COMM", "ACTIVE", "PASSIVE", "SIMULT", "RESET"]))
-        .block(Block::bordered().title(format!("Closes by process (s: sorted by {})", v.sort.name()))),
+        Table::new(close_rows, widths[..columns].to_vec())
+            .header(header(&titles[..columns]))
+            .block(Block::bordered().title(format!("Closes by process ({sorted} {})", v.sort.name()))),
         closes,
     );
 
-    let dist_rows = r.time_in_state.iter().map(|d| {
-        let x = &d.distribution;
-        Row::new(vec![
-            d.state.to_string(),
-            x.count.to_string(),
-            ms(x.min_ns),
-            ms(x.p50_ns),
-            ms(x.p90_ns),
-            ms(x.p99_ns),
-            ms(x.max_ns),
-        ])
-    });
+    let lifetime = r.lifetime.as_ref().map(|x| ("(lifetime)", x));
+    let dist_rows =
+        r.time_in_state.iter().map(|d| (d.state, &d.distribution)).chain(lifetime).map(|(name, x)| {
+            Row::new(vec![
+                state(name).to_string(),
+                x.count.to_string(),
+                ms(x.min_ns),
+                ms(x.p50_ns),
+                ms(x.p90_ns),
+                ms(x.p99_ns),
+                ms(x.max_ns),
+            ])
+        });
     frame.render_widget(
         Table::new(
             dist_rows,
             [
-                Constraint::Length(12),
-                Constraint::Length(9),
-                Constraint::Length(11),
-                Constraint::Length(11),
-                Constraint::Length(11),
-                Constraint::Length(11),
-                Constraint::Length(11),
+                Constraint::Length(if narrow { 10 } else { 12 }),
+                Constraint::Length(8),
+                Constraint::Length(10),
+                Constraint::Length(10),
+                Constraint::Length(10),
+                Constraint::Length(10),
+                Constraint::Length(10),
             ],
         )
         .header(header(&["STATE", "COUNT", "MIN ms", "P50 ms", "P90 ms", "P99 ms", "MAX ms"]))
-        .block(Block::bordered().title(match &r.timewait_ends {
-            Some(e) => format!(
+        .block(Block::bordered().title(match (&r.timewait_ends, narrow) {
+            (Some(e), false) => format!(
                 "Time in state (TIME_WAIT and FIN_WAIT2 include timewait sockets, which ended: expired {}, reused {}, killed {}, unobserved {})",
                 e.total.expired, e.total.reused, e.total.killed, e.total.unobserved
             ),
-            None => "Time in state".to_string(),
+            (Some(e), true) => format!(
+                "Time in state; timewait ended: expired {}, reused {}, killed {}, unseen {}",
+                e.total.expired, e.total.reused, e.total.killed, e.total.unobserved
+            ),
+            (None, _) => "Time in state".to_string(),
         })),
         bottom,
     );
-    frame.render_widget(
-        Paragraph::new(" q quit   r reset   s sort closes   g group TIME_WAIT producers").dim(),
-        help,
-    );
+    frame.render_widget(Paragraph::new(" q quit  r reset  s sort closes  g group producers").dim(), help);
 }
 
 #[cfg(test)]
@@ -395,7 +442,7 @@ mod tests {
         let counters = KernelCounters { received: 15, ringbuf_full: dropped, ..Default::default() };
         View {
             report: Report::build(&agg, &counters, 10, 3.0),
-            rates: vec![("FIN_WAIT2 -> CLOSE".into(), 3.0)],
+            rates: vec![("FIN_WAIT2", "CLOSE", 3.0), ("ESTABLISHED", "FIN_WAIT1", 3.0)],
             closes_by_process: vec![("7       nginx".into(), agg.closes)],
             grouping: Grouping::Process,
             sort: SortKey(None),
@@ -405,7 +452,11 @@ mod tests {
     }
 
     fn screen(v: &View) -> String {
-        let mut terminal = Terminal::new(TestBackend::new(130, 40)).unwrap();
+        screen_of(v, 130, 40)
+    }
+
+    fn screen_of(v: &View, width: u16, height: u16) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
         terminal.draw(|f| draw(f, v)).unwrap();
         let buffer = terminal.backend().buffer().clone();
         (0..buffer.area.height)
@@ -425,6 +476,32 @@ mod tests {
         assert!(text.contains("dropped 0"), "{text}");
         assert!(text.contains("q quit"), "{text}");
         assert!(text.contains("which ended: expired 0, reused 0, killed 0"), "{text}");
+    }
+
+    /// At 80×24 every box shows, and words are abbreviated on purpose
+    /// rather than cut: `ESTAB -> FIN_W1`, `simult`, whole column titles.
+    #[test]
+    fn fits_80_by_24() {
+        let text = screen_of(&view(0), 80, 24);
+        for whole in [
+            "ESTAB -> FIN_W1",
+            "FIN_W2 -> CLOSE",
+            "simult",
+            "ACTIVE",
+            "PASSIVE",
+            "TIME_WAIT: 3 (g: process)",
+            "TIME_WAIT now",
+            "FIN_W2 now",
+            "Sockets: none open",
+            "P50 ms",
+            "MAX ms",
+            "q quit",
+        ] {
+            assert!(text.contains(whole), "{whole} missing:\n{text}");
+        }
+        for cut in ["simultaneou", "ESTABLISHED -> FI", "ACTIV ", "PASS "] {
+            assert!(!text.contains(cut), "{cut} is a cut word:\n{text}");
+        }
     }
 
     #[test]
