@@ -26,7 +26,7 @@ fn fixed_scenario_counts_sides_and_time_wait_producers() {
     if !kernel_tests_possible("fixed_scenario") {
         return;
     }
-    let (report, top_docs, text, ps, netns) = rerun_if_transitions_lost("fixed_scenario", || {
+    let (report, top_docs, text, (pa, ps), netns) = rerun_if_transitions_lost("fixed_scenario", || {
         let ns = Netns::new("agg");
         let (pa, ps, pc) = (unique_port(), unique_port(), unique_port());
         let ports = format!("{pa},{ps},{pc}");
@@ -87,7 +87,7 @@ fn fixed_scenario_counts_sides_and_time_wait_producers() {
         let report: Value = serde_json::from_str(&stats.stdout).expect("one JSON document");
         let top_docs: Vec<Value> =
             top_json.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        ((report, top_docs, top_text.stdout, ps, ns.inode()), lost)
+        ((report, top_docs, top_text.stdout, (pa, ps), ns.inode()), lost)
     });
     let tw = &report["time_wait"];
     assert_eq!(tw["total"], 30, "{tw}");
@@ -97,6 +97,15 @@ fn fixed_scenario_counts_sides_and_time_wait_producers() {
     assert_eq!(
         tw["by_local_port"]["rows"],
         serde_json::json!([{"port": null, "count": 20}, {"port": ps, "count": 10}])
+    );
+    // By remote: A's clients went to A's port; S's TIME_WAITs are held
+    // against its clients, whose ports are one row.
+    assert_eq!(
+        tw["by_remote"]["rows"],
+        serde_json::json!([
+            {"addr": "127.0.0.1", "port": pa, "count": 20},
+            {"addr": "127.0.0.1", "port": null, "count": 10}
+        ])
     );
 
     let closes = &report["closes"];

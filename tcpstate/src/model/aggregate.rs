@@ -279,7 +279,9 @@ pub struct Aggregator {
     pub time_wait: u64,
     pub time_wait_by_process: CappedTable<ProcessKey, u64>,
     pub time_wait_by_lport: CappedTable<LocalPort, u64>,
-    pub time_wait_by_remote: CappedTable<SocketAddr, u64>,
+    /// By remote address and port; an accepted socket's remote port is its
+    /// client's ephemeral one, so those count under the address (`None`).
+    pub time_wait_by_remote: CappedTable<(IpAddr, Option<u16>), u64>,
     pub time_wait_by_container: CappedTable<Option<Arc<str>>, u64>,
     /// Closes and TIME_WAIT entries by workload, for metrics: the first
     /// `workload_cap` workloads keep their own row for the whole run (a
@@ -481,7 +483,8 @@ impl Aggregator {
             self.time_wait += 1;
             *self.time_wait_by_process.entry(process) += 1;
             *self.time_wait_by_lport.entry(lport) += 1;
-            *self.time_wait_by_remote.entry(SocketAddr::new(t.tuple.daddr, t.tuple.dport)) += 1;
+            let remote_port = t.connected.then_some(t.tuple.dport);
+            *self.time_wait_by_remote.entry((t.tuple.daddr, remote_port)) += 1;
             *self.time_wait_by_container.entry(container) += 1;
             *self.time_wait_by_workload.entry(workload) += 1;
         }

@@ -66,7 +66,8 @@ pub struct FailedConnectCount {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct EndpointCount {
     pub addr: IpAddr,
-    pub port: u16,
+    /// Null for accepted connections: their clients' ports, grouped.
+    pub port: Option<u16>,
     pub count: u64,
 }
 
@@ -387,9 +388,9 @@ impl Report {
                     port: port_of(port),
                     count,
                 }),
-                by_remote: ranked(&agg.time_wait_by_remote, top, |ep, count| EndpointCount {
-                    addr: ep.ip(),
-                    port: ep.port(),
+                by_remote: ranked(&agg.time_wait_by_remote, top, |(addr, port), count| EndpointCount {
+                    addr,
+                    port,
                     count,
                 }),
                 by_container: ranked(&agg.time_wait_by_container, top, |container, count| ContainerCount {

@@ -339,9 +339,7 @@ pub fn draw(frame: &mut Frame<'_>, v: &View) {
             .by_remote
             .rows
             .iter()
-            .map(|e| {
-                Row::new(vec![std::net::SocketAddr::new(e.addr, e.port).to_string(), e.count.to_string()])
-            })
+            .map(|e| Row::new(vec![super::remote_label(e.addr, e.port), e.count.to_string()]))
             .collect(),
     };
     frame.render_widget(

@@ -35,6 +35,16 @@ pub fn local_port_label(port: Option<u16>) -> String {
     port.map_or("ephem".into(), |p| p.to_string())
 }
 
+/// A remote endpoint in a table: `addr:port`, or `addr:*` for accepted
+/// connections, whose clients' ports are grouped.
+pub fn remote_label(addr: std::net::IpAddr, port: Option<u16>) -> String {
+    match port {
+        Some(port) => std::net::SocketAddr::new(addr, port).to_string(),
+        None if addr.is_ipv6() => format!("[{addr}]:*"),
+        None => format!("{addr}:*"),
+    }
+}
+
 /// How results are written, decided once in the configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {

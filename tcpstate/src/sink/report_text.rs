@@ -93,9 +93,7 @@ pub fn render(out: &mut impl Write, r: &Report) -> fmt::Result {
         (format!("{pid:<8} {comm}"), p.count)
     })?;
     count_table(out, "LPORT", &tw.by_local_port, |p| (super::local_port_label(p.port), p.count))?;
-    count_table(out, "REMOTE", &tw.by_remote, |e| {
-        (std::net::SocketAddr::new(e.addr, e.port).to_string(), e.count)
-    })?;
+    count_table(out, "REMOTE", &tw.by_remote, |e| (super::remote_label(e.addr, e.port), e.count))?;
     // Only where some owner's cgroup is known (not on cgroup v1-only hosts).
     if tw.by_container.rows.iter().any(|r| r.container.is_some()) {
         count_table(out, "CONTAINER / CGROUP", &tw.by_container, |r| (container(&r.container), r.count))?;
@@ -234,7 +232,7 @@ pub fn render(out: &mut impl Write, r: &Report) -> fmt::Result {
                 (false, true) => "",
                 (false, false) => " (since its first traced transition)",
             };
-            write!(out, "  {:<20}", format!("net:[{}]{whose}", ns.netns))?;
+            write!(out, "  {:<30}", format!("net:[{}]{whose}", ns.netns))?;
             for (k, v) in &ns.counters {
                 write!(out, " {k} +{v}")?;
             }
