@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 
 use super::Sink;
-use crate::model::{clock::Clock, state::TcpState, timewait::TwEvent, transition::Transition};
+use crate::model::{clock::Clock, timewait::TwEvent, transition::Transition};
 
 const HEADER: [&str; 17] = [
     "kind",
@@ -79,16 +79,7 @@ impl<W: Write> Sink for CsvSink<W> {
     fn timewait(&mut self, e: &TwEvent) -> io::Result<()> {
         let k = e.key();
         let owner = e.owner();
-        let tw = |state: Option<TcpState>| format!("tw:{}", state.map_or("?", TcpState::name));
-        let (old, new, ns) = match e {
-            TwEvent::Entered { substate, .. } => ("(handover)".to_string(), tw(Some(*substate)), None),
-            TwEvent::FinArrived { fin_wait2_ns, .. } => {
-                (tw(Some(TcpState::FIN_WAIT2)), tw(Some(TcpState::TIME_WAIT)), Some(*fin_wait2_ns))
-            }
-            TwEvent::Ended { cause, substate, fin_wait2_ns, time_wait_ns, .. } => {
-                (tw(*substate), format!("({})", cause.name()), time_wait_ns.or(*fin_wait2_ns))
-            }
-        };
+        let (old, new, ns) = super::text::timewait_columns(e);
         self.out.write_record([
             "timewait".into(),
             self.clock.rfc3339(e.at_ns()),

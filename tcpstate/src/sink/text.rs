@@ -208,8 +208,24 @@ fn duration(out: &mut impl std::fmt::Write, ns: Option<u64>) -> std::fmt::Result
     }
 }
 
-/// A timewait socket's event, its states marked `tw:`: found after the
-/// handover, the peer's FIN arriving, or its end and why.
+/// A timewait event as the old and new state columns show it (states
+/// marked `tw:`, the handover and the end in parentheses), and the time in
+/// the phase it ends: for the text lines and the CSV rows.
+pub fn timewait_columns(e: &TwEvent) -> (String, String, Option<u64>) {
+    let tw = |state: Option<TcpState>| format!("tw:{}", state.map_or("?", TcpState::name));
+    match e {
+        TwEvent::Entered { substate, .. } => ("(handover)".to_string(), tw(Some(*substate)), None),
+        TwEvent::FinArrived { fin_wait2_ns, .. } => {
+            (tw(Some(TcpState::FIN_WAIT2)), tw(Some(TcpState::TIME_WAIT)), Some(*fin_wait2_ns))
+        }
+        TwEvent::Ended { cause, substate, fin_wait2_ns, time_wait_ns, .. } => {
+            (tw(*substate), format!("({})", cause.name()), time_wait_ns.or(*fin_wait2_ns))
+        }
+    }
+}
+
+/// A timewait socket's event: found after the handover, the peer's FIN
+/// arriving, or its end and why.
 pub fn format_timewait_line(
     out: &mut impl std::fmt::Write,
     e: &TwEvent,
@@ -219,16 +235,7 @@ pub fn format_timewait_line(
     layout.timestamp(out, e.at_ns())?;
     owner(out, e.owner())?;
     let k = e.key();
-    let tw = |state: Option<TcpState>| format!("tw:{}", state.map_or("?", TcpState::name));
-    let (old, new, ns) = match e {
-        TwEvent::Entered { substate, .. } => ("(handover)".to_string(), tw(Some(*substate)), None),
-        TwEvent::FinArrived { fin_wait2_ns, .. } => {
-            (tw(Some(TcpState::FIN_WAIT2)), tw(Some(TcpState::TIME_WAIT)), Some(*fin_wait2_ns))
-        }
-        TwEvent::Ended { cause, substate, fin_wait2_ns, time_wait_ns, .. } => {
-            (tw(*substate), format!("({})", cause.name()), time_wait_ns.or(*fin_wait2_ns))
-        }
-    };
+    let (old, new, ns) = timewait_columns(e);
     write!(
         out,
         " {:<w$} {:>5} {:<w$} {:>5} {old:<12} -> {new:<12} ",
