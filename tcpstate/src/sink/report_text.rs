@@ -177,7 +177,7 @@ pub fn render(out: &mut impl Write, r: &Report) -> fmt::Result {
         sides_table(out, "CONTAINER / CGROUP", &c.by_container, |r| (container(&r.container), r.sides))?;
     }
 
-    writeln!(out, "\nTime in state (ms, ±1 %)")?;
+    writeln!(out, "\nTime in state (ms)")?;
     writeln!(
         out,
         "  {:<12} {:>9} {:>11} {:>11} {:>11} {:>11} {:>11}",
