@@ -382,19 +382,24 @@ fn closed_stdout_ends_quietly() {
         return;
     }
     let ns = Netns::new("pipe");
-    let port = port_for(2);
-    let (mut child, mut stderr) = spawn_tracing(&["trace", "--port", &port.to_string(), "--duration", "20"]);
-    // Read the header, then go away like `| head -1`.
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut header = String::new();
-    stdout.read_line(&mut header).unwrap();
-    drop(stdout);
-    ns.connections(port, 1);
-    let status = wait_with_timeout(&mut child, Duration::from_secs(10));
-    assert!(status.success(), "{status}");
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
-    assert!(!rest.contains("tcpstate:") && !rest.contains("panicked"), "{rest}");
+    // Enough rows to overflow any output buffer after the reader has gone.
+    for (format, index) in [(None, 2), (Some("--csv"), 10), (Some("--json"), 11)] {
+        let port = port_for(index).to_string();
+        let args: Vec<&str> =
+            ["trace", "--port", &port, "--duration", "20"].into_iter().chain(format).collect();
+        let (mut child, mut stderr) = spawn_tracing(&args);
+        // Read the header, then go away like `| head -1`.
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut header = String::new();
+        stdout.read_line(&mut header).unwrap();
+        drop(stdout);
+        ns.connections(port_for(index), 60);
+        let status = wait_with_timeout(&mut child, Duration::from_secs(10));
+        assert!(status.success(), "{format:?}: {status}");
+        let mut rest = String::new();
+        stderr.read_to_string(&mut rest).unwrap();
+        assert!(!rest.contains("tcpstate:") && !rest.contains("panicked"), "{format:?}: {rest}");
+    }
 }
 
 /// With tracefs unmounted (in a private mount namespace), tcpstate mounts it.

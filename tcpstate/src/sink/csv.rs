@@ -34,7 +34,7 @@ pub struct CsvSink<W: Write> {
 impl<W: Write> CsvSink<W> {
     pub fn new(out: W, clock: Clock) -> io::Result<Self> {
         let mut out = ::csv::Writer::from_writer(out);
-        out.write_record(HEADER)?;
+        out.write_record(HEADER).map_err(io_error)?;
         out.flush()?;
         Ok(Self { out, clock })
     }
@@ -45,6 +45,15 @@ impl<W: Write> CsvSink<W> {
     }
 }
 
+/// The writer's I/O error as it was, so that a closed stdout still ends
+/// quietly (the csv crate's own conversion makes every error `Other`).
+fn io_error(e: ::csv::Error) -> io::Error {
+    match e.into_kind() {
+        ::csv::ErrorKind::Io(e) => e,
+        other => io::Error::other(format!("{other:?}")),
+    }
+}
+
 fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or(String::new(), |v| v.to_string())
 }
@@ -52,25 +61,27 @@ fn opt<T: ToString>(v: Option<T>) -> String {
 impl<W: Write> Sink for CsvSink<W> {
     fn transition(&mut self, t: &Transition) -> io::Result<()> {
         let owner = t.owner.as_ref();
-        self.out.write_record([
-            "transition".into(),
-            self.clock.rfc3339(t.ts_ns),
-            t.ts_ns.to_string(),
-            t.netns.to_string(),
-            opt(owner.map(|o| o.pid)),
-            opt(owner.map(|o| o.comm.as_str().to_string())),
-            t.tuple.saddr.to_string(),
-            t.tuple.sport.to_string(),
-            t.tuple.daddr.to_string(),
-            t.tuple.dport.to_string(),
-            t.old.name().into(),
-            t.new.name().into(),
-            opt(t.in_old_state_ns),
-            opt(t.close.map(|c| c.name())),
-            opt(t.error.map(|e| e.name())),
-            t.enters_time_wait().to_string(),
-            opt(t.cgroup.as_ref().map(|c| c.label.clone())),
-        ])?;
+        self.out
+            .write_record([
+                "transition".into(),
+                self.clock.rfc3339(t.ts_ns),
+                t.ts_ns.to_string(),
+                t.netns.to_string(),
+                opt(owner.map(|o| o.pid)),
+                opt(owner.map(|o| o.comm.as_str().to_string())),
+                t.tuple.saddr.to_string(),
+                t.tuple.sport.to_string(),
+                t.tuple.daddr.to_string(),
+                t.tuple.dport.to_string(),
+                t.old.name().into(),
+                t.new.name().into(),
+                opt(t.in_old_state_ns),
+                opt(t.close.map(|c| c.name())),
+                opt(t.error.map(|e| e.name())),
+                t.enters_time_wait().to_string(),
+                opt(t.cgroup.as_ref().map(|c| c.label.clone())),
+            ])
+            .map_err(io_error)?;
         Ok(())
     }
 
@@ -80,25 +91,27 @@ impl<W: Write> Sink for CsvSink<W> {
         let k = e.key();
         let owner = e.owner();
         let (old, new, ns) = super::text::timewait_columns(e);
-        self.out.write_record([
-            "timewait".into(),
-            self.clock.rfc3339(e.at_ns()),
-            e.at_ns().to_string(),
-            k.netns.to_string(),
-            opt(owner.map(|o| o.pid)),
-            opt(owner.map(|o| o.comm.as_str().to_string())),
-            k.tuple.saddr.to_string(),
-            k.tuple.sport.to_string(),
-            k.tuple.daddr.to_string(),
-            k.tuple.dport.to_string(),
-            old,
-            new,
-            opt(ns),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-        ])?;
+        self.out
+            .write_record([
+                "timewait".into(),
+                self.clock.rfc3339(e.at_ns()),
+                e.at_ns().to_string(),
+                k.netns.to_string(),
+                opt(owner.map(|o| o.pid)),
+                opt(owner.map(|o| o.comm.as_str().to_string())),
+                k.tuple.saddr.to_string(),
+                k.tuple.sport.to_string(),
+                k.tuple.daddr.to_string(),
+                k.tuple.dport.to_string(),
+                old,
+                new,
+                opt(ns),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ])
+            .map_err(io_error)?;
         Ok(())
     }
 
