@@ -41,6 +41,7 @@ pub struct StartOwners {
 /// `selected_cgroups` are the `--cgroup` directories: an owner under one of
 /// them carries `OWNER_IN_CGROUP`, as the program would have set it.
 pub fn scan(selected_cgroups: &[PathBuf]) -> StartOwners {
+    let started = std::time::Instant::now();
     let holders = socket_holders();
     let cgroups = CgroupIds::new(selected_cgroups);
     // Socket inode → its holder (the first found, where one is shared).
@@ -75,10 +76,11 @@ pub fn scan(selected_cgroups: &[PathBuf]) -> StartOwners {
         }
     }
     log::info!(
-        "owners at start: {} listeners and {} other sockets of {} processes",
+        "owners at start: {} listeners and {} other sockets of {} processes, found in {:.1?}",
         found.listeners.len(),
         found.sockets.len(),
-        holders.len()
+        holders.len(),
+        started.elapsed()
     );
     found
 }
