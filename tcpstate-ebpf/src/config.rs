@@ -199,8 +199,8 @@ pub const MAP_SOCKETS: &str = "SOCKETS";
 pub const MAP_LISTENERS: &str = "LISTENERS";
 /// Socket cookie → owner, for sockets that existed before the program.
 pub const MAP_OWNERS_AT_START: &str = "OWNERS_AT_START";
-/// Its capacity: sockets of the host at start, owned by a process.
-pub const MAX_OWNERS_AT_START: u32 = 65536;
+/// Its largest capacity; userspace sizes it to the sockets found at start.
+pub const MAX_OWNERS_AT_START: u32 = 1 << 20;
 /// The listener table's capacity.
 pub const MAX_LISTENERS: u32 = 4096;
 pub const MAP_TRANSITIONS: &str = "TRANSITIONS";

@@ -21,7 +21,8 @@ use tcpstate_ebpf::*;
 #[unsafe(no_mangle)]
 static CONFIG: Global<Config> = Global::new(Config::zeroed());
 
-// Sizes here are defaults; userspace resizes EVENTS and SOCKETS at load.
+// Sizes here are defaults; userspace resizes EVENTS, SOCKETS and
+// OWNERS_AT_START at load.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 #[map]
@@ -32,9 +33,10 @@ static SOCKETS: LruHashMap<u64, SockRecord> = LruHashMap::with_max_entries(65536
 #[map]
 static LISTENERS: LruHashMap<ListenerKey, Owner> = LruHashMap::with_max_entries(MAX_LISTENERS, 0);
 /// Socket cookie → owner, for the sockets that existed at start, written
-/// by userspace before attach; looked up once per such socket.
+/// by userspace before attach (which sizes it to them); looked up once per
+/// such socket.
 #[map]
-static OWNERS_AT_START: HashMap<u64, Owner> = HashMap::with_max_entries(MAX_OWNERS_AT_START, 0);
+static OWNERS_AT_START: HashMap<u64, Owner> = HashMap::with_max_entries(1, 0);
 #[map]
 static TRANSITIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TRANSITION_SLOTS, 0);
 #[map]

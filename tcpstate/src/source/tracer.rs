@@ -138,12 +138,17 @@ impl Tracer {
             log::info!("socket table: {chosen} entries (TCP sockets on the host at start: {now})");
             chosen
         });
+        // Before load, so that the table of owners found at start is sized
+        // to them (a preallocated hash: 65536 entries would cost ~7 MiB).
+        let owners_at_start = super::start_owners::scan(&opts.filters.cgroups);
+        let owner_slots = (owners_at_start.sockets.len() as u32).clamp(1, abi::MAX_OWNERS_AT_START);
         let mut ebpf = EbpfLoader::new()
             // A plain tracepoint needs no kernel BTF; don't parse it.
             .btf(None)
             .override_global(abi::GLOBAL_CONFIG, &config, true)
             .map_max_entries(abi::MAP_EVENTS, opts.ring_bytes)
             .map_max_entries(abi::MAP_SOCKETS, max_sockets)
+            .map_max_entries(abi::MAP_OWNERS_AT_START, owner_slots)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object")?;
         let logger = match EbpfLogger::init(&mut ebpf) {
@@ -159,7 +164,7 @@ impl Tracer {
         fill_filter_maps(&mut ebpf, &opts.filters)?;
         // Also before attach: a socket from before the start is looked up
         // once, when the program first sees it.
-        seed_owners(&mut ebpf, &super::start_owners::scan(&opts.filters.cgroups))?;
+        seed_owners(&mut ebpf, &owners_at_start)?;
         // The hooks first: a handover must never reach userspace before
         // the hook that made its timewait socket.
         let hooks = if opts.timewait_hooks { hooks::attach(&mut ebpf, kernel) } else { Hooks::default() };
