@@ -91,12 +91,12 @@ fn replay(config: &Report, path: &std::path::Path, out: Output<'_>) -> anyhow::R
             seen
         }
     };
-    let elapsed = [&info.started, &info.ended]
-        .map(|t| humantime::parse_rfc3339(t).ok())
-        .into_iter()
-        .collect::<Option<Vec<_>>>()
-        .and_then(|t| t[1].duration_since(t[0]).ok())
-        .map_or(0.0, |d| d.as_secs_f64());
+    // The recording's span, from its session line to its summary.
+    let (started, ended) = (humantime::parse_rfc3339(&info.started), humantime::parse_rfc3339(&info.ended));
+    let elapsed = match (started, ended) {
+        (Ok(started), Ok(ended)) => ended.duration_since(started).map_or(0.0, |d| d.as_secs_f64()),
+        _ => 0.0,
+    };
     let mut reporter =
         Reporter::new(out.writer, config.format, config.rows, Reports::AtEnd, info).covering(elapsed);
     let readings = Readings { counters, ..Readings::default() };

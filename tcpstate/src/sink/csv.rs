@@ -4,7 +4,12 @@
 use std::io::{self, Write};
 
 use super::Sink;
-use crate::model::{clock::Clock, timewait::TwEvent, transition::Transition};
+use crate::model::{
+    clock::Clock,
+    socket::FourTuple,
+    timewait::TwEvent,
+    transition::{Owner, Transition},
+};
 
 const HEADER: [&str; 17] = [
     "kind",
@@ -58,61 +63,56 @@ fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or(String::new(), |v| v.to_string())
 }
 
+impl<W: Write> CsvSink<W> {
+    /// One row: the columns every row has (what, when, where, whose, which
+    /// connection), then the `rest` (states, duration, close, error,
+    /// handover, container).
+    fn row(
+        &mut self,
+        kind: &str,
+        at_ns: u64,
+        netns: u32,
+        owner: Option<&Owner>,
+        tuple: &FourTuple,
+        rest: [String; 7],
+    ) -> io::Result<()> {
+        let common = [
+            kind.to_string(),
+            self.clock.rfc3339(at_ns),
+            at_ns.to_string(),
+            netns.to_string(),
+            opt(owner.map(|o| o.pid)),
+            opt(owner.map(|o| o.comm.as_str().to_string())),
+            tuple.saddr.to_string(),
+            tuple.sport.to_string(),
+            tuple.daddr.to_string(),
+            tuple.dport.to_string(),
+        ];
+        self.out.write_record(common.iter().chain(&rest)).map_err(io_error)
+    }
+}
+
 impl<W: Write> Sink for CsvSink<W> {
     fn transition(&mut self, t: &Transition) -> io::Result<()> {
-        let owner = t.owner.as_ref();
-        self.out
-            .write_record([
-                "transition".into(),
-                self.clock.rfc3339(t.ts_ns),
-                t.ts_ns.to_string(),
-                t.netns.to_string(),
-                opt(owner.map(|o| o.pid)),
-                opt(owner.map(|o| o.comm.as_str().to_string())),
-                t.tuple.saddr.to_string(),
-                t.tuple.sport.to_string(),
-                t.tuple.daddr.to_string(),
-                t.tuple.dport.to_string(),
-                t.old.name().into(),
-                t.new.name().into(),
-                opt(t.in_old_state_ns),
-                opt(t.close.map(|c| c.name())),
-                opt(t.error.map(|e| e.name())),
-                t.enters_time_wait().to_string(),
-                opt(t.cgroup.as_ref().map(|c| c.label.clone())),
-            ])
-            .map_err(io_error)?;
-        Ok(())
+        let rest = [
+            t.old.name().into(),
+            t.new.name().into(),
+            opt(t.in_old_state_ns),
+            opt(t.close.map(|c| c.name())),
+            opt(t.error.map(|e| e.name())),
+            t.enters_time_wait().to_string(),
+            opt(t.cgroup.as_ref().map(|c| c.label.clone())),
+        ];
+        self.row("transition", t.ts_ns, t.netns, t.owner.as_ref(), &t.tuple, rest)
     }
 
     /// A timewait event as a row of its own: the substates as `trace`'s
     /// text shows them (`tw:TIME_WAIT`), the duration of the phase it ends.
     fn timewait(&mut self, e: &TwEvent) -> io::Result<()> {
         let k = e.key();
-        let owner = e.owner();
         let (old, new, ns) = super::text::timewait_columns(e);
-        self.out
-            .write_record([
-                "timewait".into(),
-                self.clock.rfc3339(e.at_ns()),
-                e.at_ns().to_string(),
-                k.netns.to_string(),
-                opt(owner.map(|o| o.pid)),
-                opt(owner.map(|o| o.comm.as_str().to_string())),
-                k.tuple.saddr.to_string(),
-                k.tuple.sport.to_string(),
-                k.tuple.daddr.to_string(),
-                k.tuple.dport.to_string(),
-                old,
-                new,
-                opt(ns),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-            ])
-            .map_err(io_error)?;
-        Ok(())
+        let rest = [old, new, opt(ns), String::new(), String::new(), String::new(), String::new()];
+        self.row("timewait", e.at_ns(), k.netns, e.owner(), &k.tuple, rest)
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -18,6 +18,7 @@ use crate::model::{
     clock::Clock,
     counters::KernelCounters,
     report::{SessionInfo, TraceSummary},
+    socket::FourTuple,
     state::TcpState,
     transition::Transition,
 };
@@ -90,6 +91,33 @@ impl Line<'_> {
             Some(n) => self.num(n),
             None => self.raw("null"),
         }
+    }
+
+    fn opt_bool(&mut self, b: Option<bool>) -> &mut Self {
+        self.raw(match b {
+            Some(true) => "true",
+            Some(false) => "false",
+            None => "null",
+        })
+    }
+
+    fn bool(&mut self, b: bool) -> &mut Self {
+        self.opt_bool(Some(b))
+    }
+
+    /// `,"family":…,"saddr":…,"sport":…,"daddr":…,"dport":…`, as every
+    /// transition and timewait line has them.
+    fn endpoints(&mut self, family: &str, tuple: &FourTuple) -> &mut Self {
+        self.raw(",\"family\":\"")
+            .raw(family)
+            .raw("\",\"saddr\":\"")
+            .ip(tuple.saddr)
+            .raw("\",\"sport\":")
+            .num(tuple.sport)
+            .raw(",\"daddr\":\"")
+            .ip(tuple.daddr)
+            .raw("\",\"dport\":")
+            .num(tuple.dport)
     }
 
     /// A string known to need no escaping, quoted.
@@ -176,16 +204,7 @@ impl<W: Write> Sink for JsonSink<W> {
             .hex(t.skaddr)
             .raw("\",\"netns\":")
             .num(t.netns)
-            .raw(",\"family\":\"")
-            .raw(t.family.name())
-            .raw("\",\"saddr\":\"")
-            .ip(t.tuple.saddr)
-            .raw("\",\"sport\":")
-            .num(t.tuple.sport)
-            .raw(",\"daddr\":\"")
-            .ip(t.tuple.daddr)
-            .raw("\",\"dport\":")
-            .num(t.tuple.dport)
+            .endpoints(t.family.name(), &t.tuple)
             .raw(",\"old_state\":\"")
             .raw(t.old.name())
             .raw("\",\"new_state\":\"")
@@ -194,31 +213,27 @@ impl<W: Write> Sink for JsonSink<W> {
             .opt_num(t.in_old_state_ns)
             .raw(",\"first_seen_ns\":")
             .num(t.first_seen_ns)
-            .raw(if t.seen_from_start { ",\"seen_from_start\":true" } else { ",\"seen_from_start\":false" })
-            .raw(if t.connected { ",\"connected\":true" } else { ",\"connected\":false" })
+            .raw(",\"seen_from_start\":")
+            .bool(t.seen_from_start)
+            .raw(",\"connected\":")
+            .bool(t.connected)
             .raw(",\"pid\":")
             .opt_num(t.owner.as_ref().map(|o| o.pid))
             .raw(",\"comm\":")
             .escaped(t.owner.as_ref().map(|o| o.comm.as_str()))?
             .cgroup(t.cgroup.as_deref())?
             .raw(",\"owner_from_listener\":")
-            .raw(match t.owner.as_ref().map(|o| o.from_listener) {
-                Some(true) => "true",
-                Some(false) => "false",
-                None => "null",
-            })
+            .opt_bool(t.owner.as_ref().map(|o| o.from_listener))
             .raw(",\"owner_at_start\":")
-            .raw(match t.owner.as_ref().map(|o| o.at_start) {
-                Some(true) => "true",
-                Some(false) => "false",
-                None => "null",
-            })
+            .opt_bool(t.owner.as_ref().map(|o| o.at_start))
             .raw(",\"close\":")
             .quoted(t.close.map(|c| c.name()))
             .raw(",\"error\":")
             .quoted(t.error.map(|e| e.name()).as_deref())
-            .raw(if t.enters_time_wait() { ",\"handover\":true" } else { ",\"handover\":false" })
-            .raw(if t.gap.is_some() { ",\"gap\":true" } else { ",\"gap\":false" })
+            .raw(",\"handover\":")
+            .bool(t.enters_time_wait())
+            .raw(",\"gap\":")
+            .bool(t.gap.is_some())
             .raw(",\"last_seen_state\":")
             .quoted(t.gap.map(TcpState::name))
             .raw("}\n");
@@ -264,16 +279,7 @@ impl<W: Write> Sink for JsonSink<W> {
             .time(date, micros)
             .raw(",\"netns\":")
             .num(k.netns)
-            .raw(",\"family\":\"")
-            .raw(family)
-            .raw("\",\"saddr\":\"")
-            .ip(k.tuple.saddr)
-            .raw("\",\"sport\":")
-            .num(k.tuple.sport)
-            .raw(",\"daddr\":\"")
-            .ip(k.tuple.daddr)
-            .raw("\",\"dport\":")
-            .num(k.tuple.dport)
+            .endpoints(family, &k.tuple)
             .raw(",\"substate\":")
             .quoted(substate)
             .raw(",\"cause\":")

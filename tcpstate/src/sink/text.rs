@@ -98,8 +98,12 @@ impl Layout {
     /// Widens the address columns if `addrs` need it. Returns whether they
     /// grew, so the caller can say so.
     fn fit(&mut self, addrs: [&std::net::IpAddr; 2]) -> bool {
-        let widest = addrs.iter().map(|a| if a.is_ipv4() { IPV4_WIDTH } else { a.to_string().len() }).max();
-        if widest.is_some_and(|w| w > self.addr_width) {
+        // Once wide, every address fits: no formatting per line after that.
+        if self.addr_width == IPV6_WIDTH {
+            return false;
+        }
+        let too_wide = |a: &&std::net::IpAddr| !a.is_ipv4() && a.to_string().len() > self.addr_width;
+        if addrs.iter().any(too_wide) {
             self.addr_width = IPV6_WIDTH;
             return true;
         }

@@ -114,34 +114,13 @@ impl Watched {
     }
 }
 
-/// Every network namespace now: those of processes and those named
-/// under /run/netns, by inode, each with a path to enter it by.
-fn namespaces_now() -> BTreeMap<u32, std::path::PathBuf> {
-    use std::os::unix::fs::MetadataExt as _;
-    let mut found = BTreeMap::new();
-    for entry in fs::read_dir("/run/netns").into_iter().flatten().flatten() {
-        if let Ok(meta) = fs::metadata(entry.path()) {
-            found.entry(meta.ino() as u32).or_insert(entry.path());
-        }
-    }
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let path = entry.path().join("ns/net");
-        let Ok(link) = fs::read_link(&path) else { continue };
-        let inode = link.to_str().and_then(|l| l.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok());
-        if let Some(inode) = inode {
-            found.entry(inode).or_insert(path);
-        }
-    }
-    found
-}
-
 impl TcpExtWatch {
     /// Takes the baselines of the namespaces that exist now.
     pub fn start() -> Self {
         let own = Netns::own_inode();
         let own_watched = Watched::new(Netns::Current, tcpext(), true);
         let mut read = 0;
-        let at_start = namespaces_now()
+        let at_start = Netns::all()
             .into_iter()
             .filter(|&(inode, _)| inode != own)
             .map(|(inode, path)| {

@@ -156,17 +156,28 @@ impl Netns {
         if netns == 0 || netns == own {
             return Some(Self::Current);
         }
-        let named = std::fs::read_dir("/run/netns").into_iter().flatten().flatten().map(|e| e.path());
-        if let Some(path) = named.into_iter().find(|p| inode(p) == Some(netns)) {
-            return Some(Self::Path(path));
+        Self::all().remove(&netns).map(Self::Path)
+    }
+
+    /// Every network namespace now, by inode, each with a path to enter it
+    /// by: those named under /run/netns first, then those of processes.
+    pub fn all() -> std::collections::BTreeMap<u32, PathBuf> {
+        let mut found = std::collections::BTreeMap::new();
+        for path in std::fs::read_dir("/run/netns").into_iter().flatten().flatten().map(|e| e.path()) {
+            if let Some(netns) = inode(&path) {
+                found.entry(netns).or_insert(path);
+            }
         }
-        let want = format!("net:[{netns}]");
-        std::fs::read_dir("/proc")
-            .ok()?
-            .flatten()
-            .map(|e| e.path().join("ns/net"))
-            .find(|p| std::fs::read_link(p).is_ok_and(|l| l.as_os_str() == want.as_str()))
-            .map(Self::Path)
+        for path in
+            std::fs::read_dir("/proc").into_iter().flatten().flatten().map(|e| e.path().join("ns/net"))
+        {
+            let Ok(link) = std::fs::read_link(&path) else { continue };
+            let netns = link.to_str().and_then(|l| l.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok());
+            if let Some(netns) = netns {
+                found.entry(netns).or_insert(path);
+            }
+        }
+        found
     }
 
     /// `--netns NAME|PATH|ID` as a filter: the namespace's inode. A number
